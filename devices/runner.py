@@ -1,0 +1,214 @@
+"""The on-device benchmark runner: one self-contained file.
+
+It needs only the standard library, numpy and the one runtime it measures, so
+the host can copy it to a Raspberry Pi or a phone and run it there:
+
+    python runner.py request.json result.json
+
+request.json names the model file, the runtime, the input specs and how long
+to measure; result.json gets the BenchResult fields and the device's facts.
+Nothing here imports edgeport.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+import time
+
+import numpy as np
+
+
+def measure(run_once, warmup: int, iterations: int, min_seconds: float) -> dict:
+    """Time `run_once`: `warmup` calls untimed, then at least `iterations` calls and `min_seconds`."""
+    for _ in range(warmup):
+        run_once()
+    times_ns = []
+    started = time.perf_counter()
+    while len(times_ns) < iterations or time.perf_counter() - started < min_seconds:
+        t0 = time.perf_counter_ns()
+        run_once()
+        times_ns.append(time.perf_counter_ns() - t0)
+    ms = np.asarray(times_ns, dtype=np.float64) / 1e6
+    return {
+        "iterations": len(ms),
+        "min_ms": float(ms.min()),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+        "std_ms": float(ms.std()),
+        "throughput_per_s": float(1000.0 / ms.mean()),
+    }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM, because ru_maxrss survives exec and
+    would report the parent's peak."""
+    status = _read("/proc/self/status") or ""
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def random_feeds(inputs: list[dict], batch: int, seed: int) -> dict:
+    """One input per spec: normal floats, or integers spanning the dtype."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in inputs:
+        shape = tuple(d if isinstance(d, int) else batch for d in spec["shape"])
+        dtype = np.dtype(spec.get("dtype", "float32"))
+        if dtype.kind == "f":
+            feeds[spec["name"]] = rng.standard_normal(shape).astype(dtype)
+        else:
+            info = np.iinfo(dtype)
+            feeds[spec["name"]] = rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+    return feeds
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def device_facts() -> dict:
+    cpu = None
+    cpuinfo = _read("/proc/cpuinfo") or ""
+    for line in cpuinfo.splitlines():
+        key = line.split(":")[0].strip().lower()
+        if key in ("model name", "hardware", "cpu model"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    temp = _read("/sys/class/thermal/thermal_zone0/temp")
+    return {
+        "arch": platform.machine(),
+        "cpu": cpu or platform.processor() or "unknown",
+        "cores": os.cpu_count(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        "temperature_c": float(temp) / 1000.0 if temp and temp.lstrip("-").isdigit() else None,
+    }
+
+
+# --- one loader per runtime: each returns (runtime_version, run(feeds) -> outputs, options that ran)
+
+
+def load_onnxruntime(path: str, threads: int, options: dict):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    return ort.__version__, lambda feeds: session.run(None, feeds), {"providers": ["CPUExecutionProvider"]}
+
+
+def load_openvino(path: str, threads: int, options: dict):
+    import openvino as ov
+
+    hint = options.get("hint", "f32")
+    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": options.get("performance_hint", "LATENCY").upper()}
+    if hint != "default":
+        config["INFERENCE_PRECISION_HINT"] = hint
+    if options.get("streams"):
+        config["NUM_STREAMS"] = str(options["streams"])
+    compiled = ov.Core().compile_model(path, "CPU", config)
+    request = compiled.create_infer_request()
+    ran = {
+        "hint": hint,
+        "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
+        "performance_hint": str(compiled.get_property("PERFORMANCE_HINT")),
+        "streams": int(compiled.get_property("NUM_STREAMS")),
+    }
+
+    def run(feeds):
+        request.infer(feeds)
+        return [request.get_output_tensor(i).data for i in range(len(compiled.outputs))]
+
+    return ov.get_version(), run, ran
+
+
+def load_tflite(path: str, threads: int, options: dict):
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+        import ai_edge_litert as lib
+    except ImportError:  # older boards: the frozen tflite_runtime wheel
+        from tflite_runtime.interpreter import Interpreter
+        import tflite_runtime as lib
+    kwargs = {"num_threads": threads}
+    if options.get("xnnpack") is False:
+        from ai_edge_litert.interpreter import OpResolverType
+
+        kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    interpreter = Interpreter(model_path=path, **kwargs)
+    interpreter.allocate_tensors()
+    ins = {d["name"]: d["index"] for d in interpreter.get_input_details()}
+    outs = [d["index"] for d in interpreter.get_output_details()]
+
+    def run(feeds):
+        for name, value in feeds.items():
+            interpreter.set_tensor(ins[name], value)
+        interpreter.invoke()
+        return [interpreter.get_tensor(i) for i in outs]
+
+    return getattr(lib, "__version__", "unknown"), run, {"xnnpack": options.get("xnnpack", True)}
+
+
+LOADERS = {"onnxruntime": load_onnxruntime, "openvino": load_openvino, "tflite": load_tflite}
+
+
+def bench(request: dict) -> dict:
+    """Load the model, time it, and return the BenchResult fields."""
+    runtime = request["runtime"]
+    threads = int(request.get("threads", 1))
+    batch = int(request.get("batch", 1))
+    feeds = random_feeds(request["inputs"], batch, int(request.get("seed", 0)))
+    t0 = time.perf_counter()
+    version, run, ran = LOADERS[runtime](request["model"], threads, request.get("options", {}))
+    load_ms = (time.perf_counter() - t0) * 1e3
+    t0 = time.perf_counter()
+    run(feeds)
+    first_ms = (time.perf_counter() - t0) * 1e3
+    stats = measure(lambda: run(feeds), int(request["warmup"]), int(request["iterations"]), float(request["min_seconds"]))
+    return {
+        "device": request.get("device", "local"),
+        "runtime": runtime,
+        "runtime_version": str(version),
+        "threads": threads,
+        "warmup": int(request["warmup"]),
+        "batch": batch,
+        **stats,
+        "load_ms": load_ms,
+        "first_ms": first_ms,
+        "peak_rss_mb": peak_rss_mb(),
+        "model_size_bytes": int(request.get("model_size_bytes") or os.path.getsize(request["model"])),
+        "options": ran,
+        "device_facts": device_facts(),
+    }
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3:
+        print("usage: runner.py request.json result.json", file=sys.stderr)
+        return 2
+    with open(argv[1]) as f:
+        request = json.load(f)
+    result = bench(request)
+    tmp = argv[2] + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(tmp, argv[2])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,277 @@
+"""The edgeport command line. Commands parse options, call the library and print; heavy
+imports happen inside commands so that `edgeport --help` is instant."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from edgeport.errors import EdgeportError
+
+app = typer.Typer(
+    help="Take a trained PyTorch model to the edge: export per runtime, calibrate int8, verify, benchmark.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+# Off a terminal rich would wrap tables at 80 columns; results are wider.
+out = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True)
+
+ConfigArg = Annotated[Path, typer.Argument(help="run config (TOML)", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON on stdout")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="show log messages")]
+
+
+def fail(error: EdgeportError) -> typer.Exit:
+    err.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
+    return typer.Exit(error.exit_code)
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        for noisy in ("nncf", "torch", "onnxscript"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def load(config: Path, **overrides):
+    from edgeport.pipeline.config import load_config
+
+    return load_config(config, {k: v for k, v in overrides.items() if v is not None})
+
+
+@app.command()
+def run(
+    config: ConfigArg,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the resolved config and stop")] = False,
+    name: Annotated[Optional[str], typer.Option(help="run name (overrides the file)")] = None,
+    runs_dir: Annotated[Optional[Path], typer.Option(help="folder for run folders (default runs/)")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="benchmark threads (overrides [bench])")] = None,
+    trust_model: Annotated[bool, typer.Option("--trust-model", help="allow loading a pickled model (runs its code)")] = False,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="ignore cached stages and redo everything")] = False,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Run the whole pipeline from one config: export, quantize, verify, benchmark, report."""
+    setup_logging(verbose)
+    try:
+        cfg = load(config, name=name, runs_dir=str(runs_dir) if runs_dir else None, **{"bench.threads": threads},
+                   **{"model.trust_model": True if trust_model else None})
+        if dry_run:
+            from edgeport.pipeline.config import to_toml
+
+            out.print(to_toml(cfg), highlight=False, markup=False)
+            return
+        finish(execute(cfg, rebuild, verbose), as_json)
+    except EdgeportError as e:
+        raise fail(e) from None
+
+
+@app.command()
+def demo(
+    runs_dir: Annotated[Path, typer.Option(help="folder for run folders")] = Path("runs"),
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="redo every stage")] = False,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Train (once) a small CNN on scikit-learn's digits and take it through every installed runtime."""
+    setup_logging(verbose)
+    from importlib.resources import files
+
+    from edgeport import targets
+    from edgeport.pipeline.config import load_config
+
+    try:
+        path = Path(str(files("edgeport.examples") / "digits.toml"))
+        cfg = load_config(path, {"runs_dir": str(runs_dir)})
+        missing = [t for t in cfg.targets if not targets.is_installed(t)]
+        for t in missing:
+            err.print(f"[yellow]skipping {t}[/yellow]: not installed " + escape(f"(pip install 'edgeport[{targets.info(t).extra}]')"))
+        cfg.targets = {k: v for k, v in cfg.targets.items() if k not in missing}
+        finish(execute(cfg, rebuild, verbose), as_json)
+    except EdgeportError as e:
+        raise fail(e) from None
+
+
+def execute(cfg, rebuild: bool, verbose: bool):
+    from edgeport.cli_progress import progress_listener
+    from edgeport.pipeline.run import run as run_pipeline
+
+    with progress_listener(err, verbose) as listener:
+        return run_pipeline(cfg, listener, rebuild=rebuild)
+
+
+def finish(result, as_json: bool) -> None:
+    """Print the result table (or JSON) and exit 3 when an artifact failed verification."""
+    if as_json:
+        out.print_json(json.dumps(json.loads(result.reports["report.json"].read_text())))
+    else:
+        from edgeport.cli_tables import results_table
+
+        out.print(results_table(result))
+        out.print(f"run folder: {result.run_dir}\nreport:     {result.reports['report.md']}", highlight=False)
+    if result.failures:
+        for failure in result.failures:
+            err.print(f"[red]verification failed:[/red] {escape(failure)}", highlight=False)
+        raise typer.Exit(3)
+
+
+@app.command()
+def export(
+    config: ConfigArg,
+    target: Annotated[Optional[list[str]], typer.Option("--target", "-t", help="only this target (repeatable)")] = None,
+    precision: Annotated[Optional[list[str]], typer.Option("--precision", "-p", help="only this precision (repeatable)")] = None,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Export (and quantize) the configured model; prints the artifact folders."""
+    setup_logging(verbose)
+    from edgeport.cli_progress import progress_listener
+    from edgeport.pipeline.run import Run
+
+    try:
+        cfg = load(config)
+        with progress_listener(err, verbose) as listener:
+            artifacts = Run(cfg, listener).artifacts(target, precision)
+    except EdgeportError as e:
+        raise fail(e) from None
+    if as_json:
+        out.print_json(json.dumps([{"target": a.target, "precision": a.precision, "path": str(a.root),
+                                    "size_bytes": a.size_bytes, "id": a.id} for a in artifacts]))
+    else:
+        for a in artifacts:
+            out.print(f"{a.label:<22} {a.size_bytes / 1024:9.1f} KB  {a.root}", highlight=False)
+
+
+@app.command()
+def verify(
+    artifacts: Annotated[list[Path], typer.Argument(help="artifact folders (holding artifact.json)", show_default=False)],
+    config: Annotated[Path, typer.Option("--config", "-c", help="the run config: reference model and evaluation data")],
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Check artifacts against the PyTorch model on held-out data (hashes first)."""
+    setup_logging(verbose)
+    from edgeport.cli_progress import progress_listener
+    from edgeport.pipeline.run import Run
+    from edgeport.types import Artifact
+
+    try:
+        cfg = load(config)
+        loaded = [Artifact.load(p) for p in artifacts]
+        with progress_listener(err, verbose) as listener:
+            job = Run(cfg, listener)
+            reports = [job.verify(a) for a in loaded]
+    except EdgeportError as e:
+        raise fail(e) from None
+    if as_json:
+        out.print_json(json.dumps([r.model_dump() for r in reports]))
+    else:
+        from edgeport.cli_tables import verify_table
+
+        out.print(verify_table(reports))
+    failed = [f"{r.target}/{r.precision}: {f}" for r in reports for f in r.failures]
+    for failure in failed:
+        err.print(f"[red]verification failed:[/red] {escape(failure)}", highlight=False)
+    if failed:
+        raise typer.Exit(3)
+
+
+@app.command()
+def bench(
+    artifacts: Annotated[list[Path], typer.Argument(help="artifact folders (holding artifact.json)", show_default=False)],
+    threads: Annotated[int, typer.Option(help="inference threads (0 = every core)")] = 0,
+    iterations: Annotated[int, typer.Option(help="at least this many timed runs")] = 100,
+    min_seconds: Annotated[float, typer.Option(help="and at least this long")] = 2.0,
+    warmup: Annotated[int, typer.Option(help="untimed runs first")] = 10,
+    hint: Annotated[str, typer.Option(help="OpenVINO INFERENCE_PRECISION_HINT: f32, bf16 or default")] = "f32",
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Time artifacts on this machine, each in a fresh process (same harness as `run`)."""
+    setup_logging(verbose)
+    import os
+
+    from edgeport import targets
+    from edgeport.devices import local
+    from edgeport.types import Artifact, BenchResult
+
+    try:
+        results = []
+        for path in artifacts:
+            a = Artifact.load(path)
+            options = {"hint": hint} if a.target == "openvino" else {}
+            request = {"runtime": targets.get(a.target).runtime, "model": str(a.main_file.resolve()),
+                       "inputs": [s.model_dump() for s in a.inputs], "options": options, "model_size_bytes": a.size_bytes,
+                       "iterations": iterations, "min_seconds": min_seconds, "warmup": warmup,
+                       "threads": threads or os.cpu_count() or 1}
+            with err.status(f"benchmarking {a.label}"):
+                results.append((a, BenchResult.model_validate(local.bench(request))))
+    except EdgeportError as e:
+        raise fail(e) from None
+    if as_json:
+        out.print_json(json.dumps([{"artifact": str(a.root), **b.model_dump()} for a, b in results]))
+    else:
+        from edgeport.cli_tables import bench_table
+
+        out.print(bench_table(results))
+
+
+@app.command("targets")
+def list_targets(as_json: JsonOpt = False) -> None:
+    """List the targets and whether each runtime is installed (imports no backend)."""
+    from edgeport import targets
+
+    rows = [{"name": t.name, "installed": targets.is_installed(t.name), "precisions": list(t.precisions),
+             "extra": t.extra, "description": t.description} for t in targets.available().values()]
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    from rich.table import Table
+
+    table = Table("target", "installed", "precisions", "install with", "runtime")
+    for r in rows:
+        table.add_row(r["name"], "[green]yes[/green]" if r["installed"] else "[red]no[/red]", ", ".join(r["precisions"]),
+                      escape(f"pip install 'edgeport[{r['extra']}]'"), r["description"])
+    out.print(table)
+
+
+@app.command()
+def env(as_json: JsonOpt = False) -> None:
+    """Versions of Python, PyTorch and every backend, and this machine's CPU."""
+    from edgeport.devices.runner import device_facts
+    from edgeport.pipeline.stages import TOOLS
+    from importlib.metadata import PackageNotFoundError, version
+
+    packages = {}
+    for name in (*TOOLS, "nncf", "ai-edge-litert", "litert-torch", "tensorflow", "onnx2tf"):
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            packages[name] = None
+    facts = device_facts()
+    flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[-1].split("\n", 1)[0] if Path("/proc/cpuinfo").exists() else ""
+    facts["isa"] = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "neon", "asimd") if f" {f}" in flags]
+    data = {"python": sys.version.split()[0], "packages": packages, "machine": facts}
+    if as_json:
+        out.print_json(json.dumps(data))
+        return
+    out.print(f"python {data['python']}")
+    for name, ver in packages.items():
+        out.print(f"  {name:<16} {ver or '[dim]not installed[/dim]'}", highlight=False)
+    out.print(f"cpu    {facts['cpu']} ({facts['cores']} cores, {facts['arch']}; {', '.join(facts['isa']) or 'no SIMD flags read'})", highlight=False)
+    out.print(f"os     {facts['os']}", highlight=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

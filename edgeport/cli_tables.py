@@ -1,0 +1,40 @@
+"""Rich tables for results a person reads at a glance."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from edgeport.pipeline.report import fmt, table_rows
+
+
+def results_table(result) -> Table:
+    table = Table(title=f"edgeport run '{result.config.name}'", title_justify="left")
+    for col in ("target", "precision", "variant", "size (KB)", "accuracy (%)", "cosine", "p50 (ms)", "p90 (ms)",
+                "speedup", "verified"):
+        table.add_column(col, justify="left" if col in ("target", "precision", "variant", "verified") else "right")
+    for row in table_rows(result):
+        verdict = {"pass": "[green]pass[/green]", "FAIL": "[red]FAIL[/red]"}.get(row["verified"], row["verified"])
+        table.add_row(row["target"], row["precision"], row["variant"], fmt(row["size_kb"], ".1f"),
+                      fmt(row["accuracy_pct"], ".2f"), fmt(row["cosine"], ".6f"), fmt(row["p50_ms"], ".4f"),
+                      fmt(row["p90_ms"], ".4f"), f"{row['speedup']:.2f}x" if row["speedup"] else "—", verdict)
+    return table
+
+
+def verify_table(reports) -> Table:
+    table = Table("target", "precision", "samples", "accuracy (%)", "cosine", "SQNR (dB)", "max abs", "top-1 agree", "verdict")
+    for r in reports:
+        s = r.summary()
+        table.add_row(r.target, r.precision, str(r.samples), fmt(s["accuracy"] and s["accuracy"] * 100, ".2f"),
+                      f"{s['cosine']:.6f}", f"{s['sqnr_db']:.1f}", f"{s['max_abs']:.3g}", fmt(s["top1_agreement"], ".4f"),
+                      "[green]pass[/green]" if r.passed else "[red]FAIL[/red]")
+    return table
+
+
+def bench_table(results) -> Table:
+    table = Table("artifact", "runtime", "threads", "iterations", "p50 (ms)", "p90 (ms)", "p99 (ms)", "mean ± std (ms)",
+                  "load (ms)", "peak RSS (MB)")
+    for a, b in results:
+        table.add_row(a.label + (f" hint={b.options['hint']}" if "hint" in b.options else ""), f"{b.runtime} {b.runtime_version}",
+                      str(b.threads), str(b.iterations), f"{b.p50_ms:.4f}", f"{b.p90_ms:.4f}", f"{b.p99_ms:.4f}",
+                      f"{b.mean_ms:.4f} ± {b.std_ms:.4f}", f"{b.load_ms:.1f}", f"{b.peak_rss_mb:.0f}")
+    return table

@@ -1,0 +1,60 @@
+"""One error family. A user error carries exit code 2; the CLI prints its message as one line."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class EdgeportError(Exception):
+    """Base for errors a user can fix; the CLI shows the message and exits with `exit_code`."""
+
+    exit_code = 2
+
+
+class ConfigError(EdgeportError):
+    """A config file, option or model spec is wrong."""
+
+
+class DataError(EdgeportError):
+    """Calibration or evaluation data is unusable."""
+
+
+class MissingDependencyError(EdgeportError):
+    """An optional package is not installed."""
+
+
+class ExportError(EdgeportError):
+    """A converter failed on this model."""
+
+
+class ArtifactIntegrityError(EdgeportError):
+    """A file on disk no longer matches the hash recorded for it."""
+
+
+class DeviceError(EdgeportError):
+    """A device could not be reached or a command on it failed."""
+
+
+class VerificationError(EdgeportError):
+    """An export does not compute what the original did (outside tolerance)."""
+
+    exit_code = 3
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """' (did you mean "x"?)' for the nearest choice, or '' when nothing is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def require(module: str, extra: str):
+    """Import an optional module, or raise one line naming the pip extra that provides it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"{module} is not installed: pip install 'edgeport[{extra}]'"
+        ) from e

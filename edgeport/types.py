@@ -1,0 +1,222 @@
+"""Records that flow between stages. `targets`, `calibration` and `devices` share only these."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from edgeport.errors import ArtifactIntegrityError
+
+Precision = Literal["fp32", "fp16", "int8", "int8-dynamic", "full-int8", "mixed"]
+Layout = Literal["NCHW", "NHWC", "none"]
+Dim = int | str  # a string names a dynamic dimension ("batch")
+
+
+class TensorSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    shape: list[Dim]
+    dtype: str = "float32"
+    layout: Layout = "none"
+    scale: float | None = None  # int8 IO only
+    zero_point: int | None = None
+
+    def concrete_shape(self, batch: int = 1) -> tuple[int, ...]:
+        """The shape with every dynamic dimension set to `batch`."""
+        return tuple(d if isinstance(d, int) else batch for d in self.shape)
+
+    @property
+    def dynamic_batch(self) -> bool:
+        return bool(self.shape) and isinstance(self.shape[0], str)
+
+
+class FileRecord(BaseModel):
+    path: str  # relative to the artifact folder
+    sha256: str = ""  # filled by Artifact.save
+    size_bytes: int = 0
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write to a temporary name, then rename: a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class Artifact(BaseModel):
+    """What an export or quantize step wrote, saved as artifact.json beside its files."""
+
+    schema_version: int = 1
+    id: str
+    target: str
+    format: str
+    precision: Precision
+    converter: str | None = None
+    files: list[FileRecord] = Field(default_factory=list)
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    options: dict = Field(default_factory=dict)  # quantization scheme, runtime hints
+    provenance: dict = Field(default_factory=dict)  # stage, parent, config hash, tool versions
+
+    _root: Path | None = PrivateAttr(default=None)
+
+    @property
+    def root(self) -> Path:
+        if self._root is None:
+            raise ValueError("artifact has no folder yet")
+        return self._root
+
+    @property
+    def main_file(self) -> Path:
+        return self.root / self.files[0].path
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(f.size_bytes for f in self.files)
+
+    @property
+    def label(self) -> str:
+        return f"{self.target}/{self.precision}"
+
+    def save(self, folder: Path) -> Artifact:
+        """Hash every listed file (main model file first) and write artifact.json into `folder`."""
+        self.files = [
+            FileRecord(path=f.path, sha256=sha256_file(folder / f.path), size_bytes=(folder / f.path).stat().st_size)
+            for f in self.files
+        ]
+        self._root = folder
+        write_text_atomic(folder / "artifact.json", self.model_dump_json(indent=2))
+        return self
+
+    @classmethod
+    def load(cls, folder: Path | str) -> Artifact:
+        """Read artifact.json and re-check every file's sha256; a mismatch is an error."""
+        folder = Path(folder)
+        meta = folder / "artifact.json"
+        if not meta.is_file():
+            raise ArtifactIntegrityError(f"{folder}: no artifact.json here; is this an artifact folder?")
+        try:
+            artifact = cls.model_validate_json(meta.read_text())
+        except ValueError as e:
+            raise ArtifactIntegrityError(f"{meta}: not a valid artifact record ({e.__class__.__name__})") from e
+        for record in artifact.files:
+            path = folder / record.path
+            if not path.is_file():
+                raise ArtifactIntegrityError(f"{path}: file listed in artifact.json is missing")
+            found = sha256_file(path)
+            if found != record.sha256:
+                raise ArtifactIntegrityError(
+                    f"{path}: sha256 mismatch (recorded {record.sha256[:12]}…, found {found[:12]}…); "
+                    "the file was changed after it was written: delete the folder or re-run with --rebuild"
+                )
+        artifact._root = folder
+        return artifact
+
+
+class OutputMetrics(BaseModel):
+    name: str
+    max_abs: float
+    cosine: float
+    sqnr_db: float
+    top1_agreement: float | None = None
+
+
+class VerifyReport(BaseModel):
+    artifact_id: str
+    target: str
+    precision: str
+    samples: int
+    outputs: list[OutputMetrics]
+    accuracy: float | None = None  # fraction in [0, 1]
+    reference_accuracy: float | None = None
+    passed: bool
+    failures: list[str] = Field(default_factory=list)
+    tolerances: dict = Field(default_factory=dict)
+
+    @property
+    def cosine(self) -> float:
+        return min(o.cosine for o in self.outputs)
+
+    def summary(self) -> dict:
+        """The flat form report.json carries."""
+        first = self.outputs[0]
+        return {
+            "passed": self.passed,
+            "accuracy": self.accuracy,
+            "cosine": self.cosine,
+            "max_abs": max(o.max_abs for o in self.outputs),
+            "sqnr_db": min(o.sqnr_db for o in self.outputs),
+            "top1_agreement": first.top1_agreement,
+            "samples": self.samples,
+            "failures": self.failures,
+        }
+
+
+class BenchResult(BaseModel):
+    device: str
+    runtime: str
+    runtime_version: str
+    threads: int
+    iterations: int
+    warmup: int
+    batch: int = 1
+    min_ms: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float
+    throughput_per_s: float
+    load_ms: float
+    first_ms: float
+    peak_rss_mb: float
+    model_size_bytes: int
+    options: dict = Field(default_factory=dict)  # runtime settings that ran (e.g. precision hint)
+    device_facts: dict = Field(default_factory=dict)
+
+
+def dump_json(obj) -> str:
+    return json.dumps(obj, indent=2, sort_keys=False, default=str)
+
+
+class CalibrationSet(BaseModel):
+    """Preprocessed samples in model layout, one array per input with the sample axis first.
+
+    The same set quantizes every target, so targets are compared fairly. `labels`
+    exist for evaluation sets of labelled data.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+    source: str
+    seed: int
+    digest: str = ""  # content hash, the cache key of everything quantized from it
+
+    def __len__(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+    def batches(self, size: int):
+        """Feed dicts of up to `size` samples."""
+        for start in range(0, len(self), size):
+            yield {name: array[start : start + size] for name, array in self.inputs.items()}
+
+    def samples(self):
+        """Feed dicts of one sample each (batch dimension kept)."""
+        return self.batches(1)

@@ -1,0 +1,1 @@
+"""The pipeline: config, model loading, export, verification, the stage runner, reports."""

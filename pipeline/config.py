@@ -1,0 +1,225 @@
+"""The run config: one TOML file validated by pydantic, resolved once (CLI > file > defaults)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgeport import targets
+from edgeport.errors import ConfigError, did_you_mean
+from edgeport.types import TensorSpec
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(Strict):
+    source: str = Field(description="pkg.module:factory, path/to/file.py:factory, model.pt (TorchScript) or model.pt2")
+    weights: str | None = Field(None, description="a state_dict file loaded into the factory's model")
+    trust_model: bool = Field(False, description="allow loading a fully pickled model (can run arbitrary code)")
+    inputs: list[TensorSpec]
+    output_names: list[str] = Field(default_factory=list)
+    labels: str | None = None
+
+    @field_validator("inputs")
+    @classmethod
+    def one_dynamic_dim_at_most(cls, specs: list[TensorSpec]) -> list[TensorSpec]:
+        for spec in specs:
+            dynamic = [d for d in spec.shape if isinstance(d, str)]
+            if len(dynamic) > 1 or (dynamic and not isinstance(spec.shape[0], str)):
+                raise ValueError(f"input {spec.name}: only the first (batch) dimension may be dynamic")
+        return specs
+
+
+class DataConfig(Strict):
+    source: Literal["digits", "npy", "random"] = "digits"
+    path: str | None = Field(None, description=".npy or .npz file for source = 'npy'")
+    calibration_samples: int = Field(256, gt=0)
+    eval_samples: int = Field(0, ge=0, description="0 = every held-out sample")
+    seed: int = 0
+
+
+class OnnxRuntimeOptions(Strict):
+    precisions: list[Literal["fp32", "int8"]] = ["fp32", "int8"]
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    per_channel: bool = True
+
+
+class OpenVinoOptions(Strict):
+    precisions: list[Literal["fp32", "fp16", "int8"]] = ["fp32", "fp16", "int8"]
+    preset: Literal["performance", "mixed"] = "performance"
+    model_type: Literal["auto", "cnn", "transformer"] = "auto"
+    fast_bias_correction: bool = True
+    smooth_quant: Literal["auto", "on", "off"] = Field(
+        "auto", description="transformers only; auto builds both and keeps the one closer to fp32 on calibration data"
+    )
+    hint: list[Literal["f32", "bf16", "default"]] = Field(
+        ["f32"], description="INFERENCE_PRECISION_HINT(s) to benchmark; verification always runs f32"
+    )
+    performance_hint: Literal["latency", "throughput"] = "latency"
+    streams: int = Field(1, ge=0, description="NUM_STREAMS; 0 lets OpenVINO choose")
+
+    @field_validator("hint", mode="before")
+    @classmethod
+    def one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class PluginTargetOptions(BaseModel):
+    """Options of a third-party target: passed through as given."""
+
+    model_config = ConfigDict(extra="allow")
+    precisions: list[str] = ["fp32"]
+
+
+TARGET_OPTIONS: dict[str, type[BaseModel]] = {"onnxruntime": OnnxRuntimeOptions, "openvino": OpenVinoOptions}
+
+
+class Tolerance(Strict):
+    min_cosine: float | None = None
+    min_sqnr_db: float | None = None
+    max_abs: float | None = None
+    min_top1_agreement: float | None = None
+    max_accuracy_drop: float | None = Field(None, description="percentage points below the PyTorch model")
+
+
+DEFAULT_TOLERANCES = {
+    "fp32": Tolerance(min_cosine=0.9999, max_abs=1e-3),
+    "fp16": Tolerance(min_cosine=0.999),
+    "int8": Tolerance(min_cosine=0.99, max_accuracy_drop=1.0),
+}
+
+
+class VerifyConfig(Strict):
+    batch: int = Field(64, gt=0)
+    tolerances: dict[str, Tolerance] = Field(default_factory=dict)
+
+    def tolerance(self, precision: str) -> Tolerance:
+        default = DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["int8"])
+        given = self.tolerances.get(precision)
+        if given is None:
+            return default
+        return default.model_copy(update=given.model_dump(exclude_unset=True))
+
+
+class BenchConfig(Strict):
+    iterations: int = Field(100, gt=0, description="at least this many timed runs")
+    min_seconds: float = Field(2.0, ge=0, description="and at least this long")
+    warmup: int = Field(10, ge=0)
+    threads: int = Field(0, ge=0, description="0 = every core of the machine")
+    baseline: bool = Field(True, description="also time PyTorch eager fp32 with the same harness")
+
+
+class RunConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    runs_dir: str = "runs"
+    model: ModelConfig
+    data: DataConfig = DataConfig()
+    targets: dict[str, dict] = Field(default_factory=lambda: {"onnxruntime": {}})
+    verify: VerifyConfig = VerifyConfig()
+    bench: BenchConfig = BenchConfig()
+
+    # Where relative paths in the file are resolved from (the config file's folder).
+    base_dir: Path = Field(Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def known_targets(self) -> RunConfig:
+        for name in self.targets:
+            known = targets.available()
+            if name not in known:
+                raise ValueError(f"unknown target {name!r}{did_you_mean(name, known)}; known: {', '.join(known)}")
+        return self
+
+    def target_options(self, name: str) -> BaseModel:
+        schema = TARGET_OPTIONS.get(name, PluginTargetOptions)
+        return schema.model_validate(self.targets.get(name, {}))
+
+    def resolve_path(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.base_dir / path
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+
+def known_keys(schema: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names valid at `loc` in `schema`, for suggesting the nearest one."""
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = schema.model_fields.get(part)
+        if field is None:
+            break
+        annotation = field.annotation
+        inner = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not inner:
+            break
+        schema = inner[0]
+    return list(schema.model_fields)
+
+
+def explain(error: ValidationError, where: str, schema: type[BaseModel]) -> ConfigError:
+    """One line for the first problem pydantic found, with the nearest valid key for a typo."""
+    first = error.errors()[0]
+    loc = tuple(first["loc"])
+    dotted = ".".join(str(p) for p in loc)
+    if first["type"] == "extra_forbidden":
+        key = str(loc[-1])
+        hint = did_you_mean(key, known_keys(schema, loc))
+        message = f"{where}: unknown key {dotted!r}{hint}"
+    elif first["type"] == "missing":
+        message = f"{where}: missing required key {dotted!r}"
+    else:
+        got = first.get("input")
+        shown = f" (got {got!r})" if first["type"] != "value_error" and not isinstance(got, dict | list) else ""
+        text = first["msg"].removeprefix("Value error, ")
+        message = f"{where}: {dotted + ': ' if dotted else ''}{text}{shown}"
+    more = len(error.errors()) - 1
+    return ConfigError(message + (f" (and {more} more problem{'s' * (more > 1)})" if more else ""))
+
+
+def parse(data: dict, where: str, base_dir: Path) -> RunConfig:
+    """Validate a config mapping; every problem becomes a ConfigError naming `where`."""
+    try:
+        config = RunConfig.model_validate({**data, "base_dir": base_dir})
+        for name in config.targets:
+            try:
+                config.target_options(name)
+            except ValidationError as e:
+                raise explain(e, f"{where} [targets.{name}]", TARGET_OPTIONS.get(name, PluginTargetOptions)) from None
+        return config
+    except ValidationError as e:
+        raise explain(e, where, RunConfig) from None
+
+
+def set_dotted(data: dict, dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    for part in parents:
+        data = data.setdefault(part, {})
+    data[last] = value
+
+
+def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a TOML config; `overrides` (dotted keys from the CLI) win over the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: malformed TOML: {e}") from None
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            set_dotted(data, dotted, value)
+    return parse(data, str(path), path.parent.resolve())
+
+
+def to_toml(config: RunConfig) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(config.model_dump(mode="json", exclude_none=True))

@@ -1,0 +1,150 @@
+"""Load the source model from a factory, a TorchScript file, a torch.export .pt2, or a state_dict."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from edgeport.errors import ConfigError
+from edgeport.pipeline.config import ModelConfig
+from edgeport.types import TensorSpec
+
+FORMS = "pkg.module:factory, path/to/file.py:factory, model.pt (TorchScript) or model.pt2 (torch.export)"
+MODULE_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+IDENTIFIER = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+@dataclass
+class LoadedModel:
+    module: torch.nn.Module
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    digest: str  # content hash of architecture + weights: the cache key of everything downstream
+
+
+def import_factory(source: str, base_dir: Path):
+    target, _, attr = source.rpartition(":")
+    if not target or not IDENTIFIER.match(attr):
+        raise ConfigError(f"model.source {source!r} is malformed; expected {FORMS}")
+    if target.endswith(".py"):
+        path = Path(target) if Path(target).is_absolute() else base_dir / target
+        if not path.is_file():
+            raise ConfigError(f"model file not found: {path}")
+        spec = importlib.util.spec_from_file_location(f"edgeport_user_model_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    elif MODULE_PATH.match(target):
+        try:
+            module = importlib.import_module(target)
+        except ModuleNotFoundError as e:
+            raise ConfigError(f"model.source {source!r}: cannot import {target!r} ({e})") from e
+    else:
+        raise ConfigError(f"model.source {source!r} is malformed; expected {FORMS}")
+    factory = module
+    for part in attr.split("."):
+        if not hasattr(factory, part):
+            raise ConfigError(f"model.source {source!r}: {target} has no attribute {attr!r}")
+        factory = getattr(factory, part)
+    return factory
+
+
+def load_file(path: Path, trust: bool) -> torch.nn.Module:
+    if not path.is_file():
+        raise ConfigError(f"model file not found: {path}")
+    if path.suffix == ".pt2":
+        try:
+            return torch.export.load(str(path)).module()
+        except Exception as e:  # torch raises several kinds for a bad archive
+            raise ConfigError(f"{path}: not a torch.export program ({e.__class__.__name__}: {e})") from e
+    try:
+        return torch.jit.load(str(path), map_location="cpu")
+    except RuntimeError:
+        pass  # not TorchScript: maybe a pickled nn.Module
+    if not trust:
+        raise ConfigError(
+            f"{path} is not TorchScript; a pickled model can run arbitrary code when loaded, so it loads only with --trust-model"
+        )
+    model = torch.load(str(path), map_location="cpu", weights_only=False)
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"{path} holds a {type(model).__name__}, not a torch.nn.Module; give a factory and weights instead")
+    return model
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    h = hashlib.sha256(type(module).__qualname__.encode())
+    for name, tensor in module.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    h.update(str(module).encode())  # the architecture as printed
+    return h.hexdigest()
+
+
+def example_inputs(specs: list[TensorSpec], batch: int) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.zeros(s.concrete_shape(batch), dtype=getattr(torch, s.dtype)) for s in specs)
+
+
+def as_list(outputs) -> list[torch.Tensor]:
+    if isinstance(outputs, torch.Tensor):
+        return [outputs]
+    if isinstance(outputs, tuple | list) and all(isinstance(o, torch.Tensor) for o in outputs):
+        return list(outputs)
+    raise ConfigError(f"the model returns {type(outputs).__name__}; edgeport needs a tensor or a tuple of tensors")
+
+
+def load_model(config: ModelConfig, base_dir: Path) -> LoadedModel:
+    """Build the module, load weights, and check the configured input shapes by running it once."""
+    source = config.source
+    if ":" in source and not re.match(r"^[A-Za-z]:[\\/]", source):
+        factory = import_factory(source, base_dir)
+        try:
+            module = factory()
+        except Exception as e:
+            raise ConfigError(f"model.source {source!r}: the factory raised {e.__class__.__name__}: {e}") from e
+        if not isinstance(module, torch.nn.Module):
+            raise ConfigError(f"model.source {source!r} returned {type(module).__name__}, not a torch.nn.Module")
+    elif source.endswith((".pt", ".pth", ".pt2", ".ts")):
+        module = load_file(Path(source) if Path(source).is_absolute() else base_dir / source, config.trust_model)
+    else:
+        raise ConfigError(f"model.source {source!r} is malformed; expected {FORMS}")
+    if config.weights:
+        path = Path(config.weights) if Path(config.weights).is_absolute() else base_dir / config.weights
+        if not path.is_file():
+            raise ConfigError(f"model.weights file not found: {path}")
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            module.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+        except Exception as e:
+            raise ConfigError(f"model.weights {path}: cannot load into the model ({str(e).splitlines()[0]})") from e
+    try:
+        module.eval()
+    except NotImplementedError:
+        pass  # a torch.export program's module() is already in inference form and refuses eval()
+
+    try:
+        with torch.no_grad():
+            outputs = as_list(module(*example_inputs(config.inputs, 1)))
+    except ConfigError:
+        raise
+    except Exception as e:
+        shapes = ", ".join(f"{s.name} {s.shape}" for s in config.inputs)
+        last = str(e).strip().splitlines()[-1] if str(e).strip() else e.__class__.__name__
+        raise ConfigError(f"the model does not accept the configured inputs ({shapes}): {last}") from e
+    names = config.output_names or (["output"] if len(outputs) == 1 else [f"output{i}" for i in range(len(outputs))])
+    if len(names) != len(outputs):
+        raise ConfigError(f"model.output_names has {len(names)} names; the model returns {len(outputs)} outputs")
+    batch_dim = config.inputs[0].shape[0] if config.inputs[0].dynamic_batch else None
+    out_specs = [
+        TensorSpec(name=n, shape=[batch_dim or o.shape[0], *o.shape[1:]] if o.dim() else [],
+                   dtype=str(o.dtype).removeprefix("torch."))
+        for n, o in zip(names, outputs)
+    ]
+    return LoadedModel(module, list(config.inputs), out_specs, state_digest(module))

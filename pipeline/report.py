@@ -1,0 +1,155 @@
+"""report.json (a public interface), report.md, results.csv and a latency-vs-accuracy plot."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from edgeport.types import write_text_atomic
+
+SCHEMA_VERSION = 1
+
+
+def bench_dict(b) -> dict:
+    return b.model_dump()
+
+
+def table_rows(result) -> list[dict]:
+    """One row per (artifact, benchmark variant), baseline first: what the CLI table and results.csv show."""
+    base_p50 = result.baseline_bench[0].p50_ms if result.baseline_bench else None
+    rows = []
+    for b in result.baseline_bench or [None]:
+        if b is None and not result.config.bench.baseline:
+            break
+        rows.append({
+            "target": "pytorch", "precision": "fp32", "variant": "eager", "size_kb": (b.model_size_bytes / 1024) if b else None,
+            "accuracy_pct": result.reference_accuracy * 100 if result.reference_accuracy is not None else None,
+            "cosine": 1.0, "top1_agreement": 1.0, "verified": "reference",
+            "p50_ms": b.p50_ms if b else None, "p90_ms": b.p90_ms if b else None,
+            "speedup": 1.0 if b else None, "device": b.device if b else "local",
+        })
+    for r in result.artifacts:
+        v = r.verify
+        for b in r.bench or [None]:
+            rows.append({
+                "target": r.artifact.target, "precision": r.artifact.precision,
+                "variant": (f"hint={b.options.get('hint')}" if b and "hint" in b.options else ""),
+                "size_kb": r.artifact.size_bytes / 1024,
+                "accuracy_pct": v.accuracy * 100 if v and v.accuracy is not None else None,
+                "cosine": v.cosine if v else None,
+                "top1_agreement": v.outputs[0].top1_agreement if v else None,
+                "verified": ("pass" if v.passed else "FAIL") if v else "not run",
+                "p50_ms": b.p50_ms if b else None, "p90_ms": b.p90_ms if b else None,
+                "speedup": (base_p50 / b.p50_ms) if b and base_p50 else None,
+                "device": b.device if b else "local",
+            })
+    return rows
+
+
+def report_json(result) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run": result.config.name,
+        "baseline": {
+            "target": "pytorch", "precision": "fp32",
+            "verify": {"accuracy": result.reference_accuracy},
+            "bench": [bench_dict(b) for b in result.baseline_bench],
+        },
+        "artifacts": [
+            {
+                "id": r.artifact.id, "target": r.artifact.target, "precision": r.artifact.precision,
+                "converter": r.artifact.converter, "format": r.artifact.format, "size_bytes": r.artifact.size_bytes,
+                "path": str(r.artifact.root),
+                "files": [{"path": f"{r.artifact.root.name}/{f.path}", "sha256": f.sha256, "size_bytes": f.size_bytes}
+                          for f in r.artifact.files],
+                "inputs": [s.model_dump() for s in r.artifact.inputs],
+                "outputs": [s.model_dump() for s in r.artifact.outputs],
+                "options": r.artifact.options,
+                "verify": r.verify.summary() if r.verify else None,
+                "bench": [bench_dict(b) for b in r.bench],
+            }
+            for r in result.artifacts
+        ],
+        "compression": [],
+    }
+
+
+def fmt(value, spec: str, none: str = "—") -> str:
+    return none if value is None else format(value, spec)
+
+
+def report_md(result, rows: list[dict]) -> str:
+    cfg = result.config
+    lines = [f"# edgeport run `{cfg.name}`", "",
+             f"Model `{cfg.model.source}`; evaluation on held-out `{cfg.data.source}` data; "
+             f"latency on device `{rows[0]['device'] if rows else 'local'}`, batch 1, "
+             f"{cfg.bench.threads or 'all'} thread(s).", "",
+             "| target | precision | variant | size (KB) | accuracy (%) | cosine | top-1 agree | verified | p50 (ms) | p90 (ms) | speedup |",
+             "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|"]
+    for row in rows:
+        lines.append(
+            f"| {row['target']} | {row['precision']} | {row['variant']} | {fmt(row['size_kb'], '.1f')} | "
+            f"{fmt(row['accuracy_pct'], '.2f')} | {fmt(row['cosine'], '.6f')} | {fmt(row['top1_agreement'], '.4f')} | "
+            f"{row['verified']} | {fmt(row['p50_ms'], '.4f')} | {fmt(row['p90_ms'], '.4f')} | {fmt(row['speedup'], '.2f', '')}{'x' if row['speedup'] else ''} |"
+        )
+    failures = result.failures
+    if failures:
+        lines += ["", "## Verification failures", ""] + [f"- {f}" for f in failures]
+    facts = (result.baseline_bench[0].device_facts if result.baseline_bench else
+             next((b.device_facts for r in result.artifacts for b in r.bench), {}))
+    if facts:
+        lines += ["", "## Machine", "", f"{facts.get('cpu')}, {facts.get('cores')} cores, {facts.get('arch')}, {facts.get('os')}"]
+    lines += ["", "Speedup is PyTorch eager fp32's p50 divided by the row's p50, both timed by the same harness "
+              "in a fresh process each.", ""]
+    if (result.run_dir / "latency_vs_accuracy.png").exists():
+        lines += ["![latency vs accuracy](latency_vs_accuracy.png)", ""]
+    return "\n".join(lines)
+
+
+def results_csv(rows: list[dict]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["target"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def plot(rows: list[dict], path: Path) -> bool:
+    points = [r for r in rows if r["p50_ms"] is not None and r["accuracy_pct"] is not None]
+    if not points:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=110)
+    for r in points:
+        label = f"{r['target']} {r['precision']} {r['variant']}".strip()
+        ax.scatter(r["p50_ms"], r["accuracy_pct"], s=40)
+        ax.annotate(label, (r["p50_ms"], r["accuracy_pct"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("p50 latency (ms, log scale)")
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_title(f"latency vs accuracy ({points[0]['device']})")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.partial.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return True
+
+
+def write_reports(result) -> dict[str, Path]:
+    rows = table_rows(result)
+    paths = {name: result.run_dir / name for name in ("report.json", "report.md", "results.csv")}
+    png = result.run_dir / "latency_vs_accuracy.png"
+    if plot(rows, png):
+        paths["plot"] = png
+    write_text_atomic(paths["report.json"], json.dumps(report_json(result), indent=2))
+    write_text_atomic(paths["report.md"], report_md(result, rows))
+    write_text_atomic(paths["results.csv"], results_csv(rows))
+    return paths

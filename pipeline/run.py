@@ -1,0 +1,251 @@
+"""`edgeport run`: load -> export -> calibrate -> quantize -> verify -> bench -> report, each stage cached."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeport import targets
+from edgeport.calibration import build_sets, load_set, save_set
+from edgeport.errors import EdgeportError
+from edgeport.pipeline.config import RunConfig, to_toml
+from edgeport.pipeline.interchange import OPSET, export_onnx
+from edgeport.pipeline.model_loading import LoadedModel, load_model
+from edgeport.pipeline.stages import Event, Listener, Stages, key_hash, tool_versions
+from edgeport.pipeline.verify import compare, reference_outputs, session_outputs
+from edgeport.targets.base import SourceModel
+from edgeport.types import Artifact, BenchResult, CalibrationSet, VerifyReport, sha256_file, write_text_atomic
+
+STEPS = ("export", "quantize", "verify", "bench", "report")
+FLOAT_PRECISIONS = ("fp32", "fp16")
+PRECISION_ORDER = ("fp32", "fp16", "int8-dynamic", "int8", "full-int8", "mixed")
+
+
+@dataclass
+class ArtifactResult:
+    artifact: Artifact
+    verify: VerifyReport | None = None
+    bench: list[BenchResult] = field(default_factory=list)
+
+
+@dataclass
+class RunResult:
+    config: RunConfig
+    run_dir: Path
+    artifacts: list[ArtifactResult]
+    baseline_bench: list[BenchResult] = field(default_factory=list)
+    reference_accuracy: float | None = None
+    built: list[str] = field(default_factory=list)
+    reports: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def failures(self) -> list[str]:
+        return [f"{r.artifact.label}: {f}" for r in self.artifacts if r.verify for f in r.verify.failures]
+
+
+def threads_of(config: RunConfig) -> int:
+    return config.bench.threads or os.cpu_count() or 1
+
+
+class Run:
+    """One execution of a config; the pieces are methods so that the CLI's single-stage commands reuse them."""
+
+    def __init__(self, config: RunConfig, on_event: Listener | None = None, rebuild: bool = False):
+        self.config = config
+        self.run_dir = config.run_dir
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.emit = on_event or (lambda event: None)
+        self.stages = Stages(self.run_dir, self.emit, rebuild)
+        self.versions = tool_versions()
+        self._model: LoadedModel | None = None
+        self._reference = None
+
+    # --- load, interchange, data
+
+    @property
+    def model(self) -> LoadedModel:
+        if self._model is None:
+            self.emit(Event("start", "load", self.config.model.source))
+            started = time.perf_counter()
+            self._model = load_model(self.config.model, self.config.base_dir)
+            self.emit(Event("done", "load", self.config.model.source, seconds=time.perf_counter() - started))
+        return self._model
+
+    def interchange(self) -> SourceModel:
+        model = self.model
+        key = {"model": model.digest, "inputs": [s.model_dump() for s in model.inputs],
+               "outputs": [s.name for s in model.outputs], "opset": OPSET, "versions": self.versions}
+        def build(folder: Path) -> None:
+            with contextlib.redirect_stdout(sys.stderr):
+                export_onnx(model, folder / "model.onnx")
+
+        path = self.stages.folder("export", "interchange", key, build,
+                                  lambda d: d / "model.onnx")
+        return SourceModel(onnx_path=path, module=model.module, inputs=model.inputs, outputs=model.outputs)
+
+    def data(self) -> tuple[CalibrationSet, CalibrationSet]:
+        data = self.config.data
+        path = self.config.resolve_path(data.path) if data.path else None
+        key = {"data": data.model_dump(), "file": sha256_file(path) if path and path.is_file() else None,
+               "inputs": [s.model_dump() for s in self.config.model.inputs]}
+
+        def build(folder: Path) -> None:
+            calib, evaluation = build_sets(data.source, self.config.model.inputs, data.calibration_samples,
+                                           data.eval_samples, data.seed, path)
+            save_set(calib, folder / "calibration.npz")
+            save_set(evaluation, folder / "evaluation.npz")
+
+        return self.stages.folder("calibrate", "calibration", key, build,
+                                  lambda d: (load_set(d / "calibration.npz"), load_set(d / "evaluation.npz")))
+
+    # --- artifacts
+
+    def artifacts(self, only_targets: list[str] | None = None, only_precisions: list[str] | None = None) -> list[Artifact]:
+        """Every configured (target, precision), built or taken from the cache; fp32 first as int8's parent."""
+        names = only_targets or list(self.config.targets)
+        for name in names:
+            targets.info(name)
+        plugins = {name: targets.get(name) for name in names}  # fail on a missing runtime before any work
+        source = self.interchange()
+        made: list[Artifact] = []
+        calibration = None
+        for name, target in plugins.items():
+            options = self.config.target_options(name)
+            wanted = [p for p in options.precisions if not only_precisions or p in only_precisions]
+            for p in wanted:
+                target.check_precision(p)
+            parents: dict[str, Artifact] = {}
+            for precision in sorted(set(wanted) | ({"fp32"} if set(wanted) - set(FLOAT_PRECISIONS) else set()),
+                                    key=lambda p: PRECISION_ORDER.index(p) if p in PRECISION_ORDER else 99):
+                export_options = options.model_dump(exclude={"precisions", "hint", "performance_hint", "streams"})
+                if precision in FLOAT_PRECISIONS:
+                    key = {"stage": "export", "parent": sha256_file(source.onnx_path), "target": name,
+                           "precision": precision, "options": export_options, "versions": self.versions}
+                    artifact = self._build(f"{name}-{precision}", key, lambda d, p=precision: target.export(source, p, d, export_options))
+                    parents[precision] = artifact
+                else:
+                    if calibration is None:
+                        calibration = self.data()[0]
+                    parent = parents["fp32"]
+                    key = {"stage": "quantize", "parent": parent.id, "calibration": calibration.digest,
+                           "precision": precision, "options": export_options, "versions": self.versions}
+                    artifact = self._build(f"{name}-{precision}", key,
+                                           lambda d: target.quantize(source, parent, calibration, d, export_options),
+                                           stage="quantize")
+                if precision in wanted:
+                    made.append(artifact)
+        return made
+
+    def _build(self, label: str, key: dict, make, stage: str = "export") -> Artifact:
+        artifact_id = key_hash(key)[:16]
+
+        def build(folder: Path) -> None:
+            with contextlib.redirect_stdout(sys.stderr):  # converters print progress; stdout is the user's
+                artifact = make(folder)
+            artifact.id = artifact_id
+            artifact.provenance = {"stage": stage, "parent": key["parent"], "config_hash": key_hash(key["options"]),
+                                   "tool_versions": self.versions}
+            artifact.save(folder)
+
+        return self.stages.folder(stage, f"artifacts/{label}", key, build, Artifact.load)
+
+    # --- verify and bench
+
+    def verify(self, artifact: Artifact) -> VerifyReport:
+        evaluation = self.data()[1]
+        tolerance = self.config.verify.tolerance(artifact.precision)
+        key = {"artifact": artifact.id, "files": [f.sha256 for f in artifact.files], "model": self.model.digest,
+               "evaluation": evaluation.digest, "tolerance": tolerance.model_dump(), "versions": self.versions}
+
+        def compute() -> dict:
+            reference = self.reference(evaluation)
+            session = targets.get(artifact.target).load(artifact, threads_of(self.config))
+            outputs = session_outputs(session, evaluation, artifact.inputs, self.config.verify.batch)
+            return compare(artifact, reference, outputs, evaluation.labels, tolerance).model_dump()
+
+        report = self.stages.record("verify", f"verify/{artifact.target}-{artifact.precision}.json", key, compute)
+        return VerifyReport.model_validate(report)
+
+    def reference(self, evaluation: CalibrationSet):
+        if self._reference is None:
+            self._reference = reference_outputs(self.model.module, evaluation, self.model.inputs, self.config.verify.batch)
+        return self._reference
+
+    def reference_accuracy(self) -> float | None:
+        from edgeport.pipeline.verify import accuracy
+
+        evaluation = self.data()[1]
+        if evaluation.labels is None:
+            return None
+        key = {"model": self.model.digest, "evaluation": evaluation.digest}
+        result = self.stages.record("verify", "verify/pytorch-fp32.json", key,
+                                    lambda: {"accuracy": accuracy(self.reference(evaluation)[0], evaluation.labels)})
+        return result["accuracy"]
+
+    def bench_settings(self) -> dict:
+        b = self.config.bench
+        return {"iterations": b.iterations, "min_seconds": b.min_seconds, "warmup": b.warmup, "threads": threads_of(self.config)}
+
+    def bench(self, artifact: Artifact) -> list[BenchResult]:
+        from edgeport.devices import local
+
+        runtime = targets.get(artifact.target).runtime
+        variants = [{}]
+        if artifact.target == "openvino":
+            ov = self.config.target_options("openvino")
+            variants = [{"hint": h, "performance_hint": ov.performance_hint, "streams": ov.streams} for h in ov.hint]
+        results = []
+        for options in variants:
+            suffix = f"-{options['hint']}" if "hint" in options else ""
+            request = {"runtime": runtime, "model": str(artifact.main_file.resolve()),
+                       "inputs": [s.model_dump() for s in artifact.inputs], "options": options,
+                       "model_size_bytes": artifact.size_bytes, **self.bench_settings()}
+            key = {"artifact": artifact.id, "request": {**request, "model": artifact.id}, "versions": self.versions,
+                   "runner": sha256_file(local.RUNNER)}
+            result = self.stages.record("bench", f"bench/local/{artifact.target}-{artifact.precision}{suffix}.json",
+                                        key, lambda: local.bench(request))
+            results.append(BenchResult.model_validate(result))
+        return results
+
+    def bench_baseline(self) -> list[BenchResult]:
+        import sys
+
+        from edgeport.devices import local
+
+        request = {"model": self.config.model.model_dump(mode="json"), "base_dir": str(self.config.base_dir),
+                   **self.bench_settings()}
+        key = {"model": self.model.digest, "settings": self.bench_settings(), "versions": self.versions,
+               "runner": sha256_file(local.RUNNER)}
+        result = self.stages.record("bench", "bench/local/pytorch-fp32.json", key,
+                                    lambda: local.run_json([sys.executable, "-m", "edgeport.pipeline.torch_bench"], request, 600))
+        return [BenchResult.model_validate(result)]
+
+
+def run(config: RunConfig, on_event: Listener | None = None, rebuild: bool = False, until: str = "report") -> RunResult:
+    """Execute the pipeline up to `until` (one of STEPS); every finished stage is reused on the next call."""
+    if until not in STEPS:
+        raise EdgeportError(f"unknown stage {until!r}; stages: {', '.join(STEPS)}")
+    job = Run(config, on_event, rebuild)
+    write_text_atomic(job.run_dir / "config.resolved.toml", to_toml(config))
+    results = [ArtifactResult(a) for a in job.artifacts()]
+    outcome = RunResult(config, job.run_dir, results)
+    if STEPS.index(until) >= STEPS.index("verify"):
+        outcome.reference_accuracy = job.reference_accuracy()
+        for r in results:
+            r.verify = job.verify(r.artifact)
+    if STEPS.index(until) >= STEPS.index("bench"):
+        if config.bench.baseline:
+            outcome.baseline_bench = job.bench_baseline()
+        for r in results:
+            if r.verify is None or r.verify.passed:  # a failed export is not worth timing
+                r.bench = job.bench(r.artifact)
+    if until == "report":
+        from edgeport.pipeline.report import write_reports
+
+        outcome.reports = write_reports(outcome)
+    outcome.built = job.stages.built
+    return outcome

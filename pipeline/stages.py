@@ -1,0 +1,103 @@
+"""The stage runner: every stage output is keyed by a hash of its inputs, written under a
+temporary name and renamed when complete, so a re-run skips what is unchanged and a killed
+run resumes without ever seeing half a result under a final name."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from edgeport.types import write_text_atomic
+
+T = TypeVar("T")
+STAMP = ".stage.json"
+
+TOOLS = ("edgeport", "torch", "onnx", "onnxscript", "onnxruntime", "openvino", "nncf", "numpy", "scikit-learn")
+
+
+@cache
+def tool_versions() -> dict[str, str]:
+    """Versions of the installed tools (without importing them): part of every cache key."""
+    found = {}
+    for name in TOOLS:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def key_hash(key: Any) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass
+class Event:
+    """What the pipeline reports; the CLI turns these into progress bars, the library prints nothing."""
+
+    kind: Literal["plan", "start", "done", "cached", "warning"]
+    stage: str
+    label: str = ""
+    detail: str = ""
+    total: int = 0
+    seconds: float = 0.0
+
+
+Listener = Callable[[Event], None]
+
+
+class Stages:
+    def __init__(self, run_dir: Path, on_event: Listener | None = None, rebuild: bool = False):
+        self.run_dir = run_dir
+        self.emit = on_event or (lambda event: None)
+        self.rebuild = rebuild
+        self.built: list[str] = []  # rel paths built in this run (not cache hits)
+
+    def folder(self, stage: str, rel: str, key: Any, build: Callable[[Path], None], load: Callable[[Path], T]) -> T:
+        """A stage whose output is a folder: reuse it when its stamp holds the same key."""
+        final = self.run_dir / rel
+        digest = key_hash(key)
+        stamp = final / STAMP
+        if not self.rebuild and stamp.is_file() and json.loads(stamp.read_text()).get("key") == digest:
+            self.emit(Event("cached", stage, rel))
+            return load(final)
+        self.emit(Event("start", stage, rel))
+        started = time.perf_counter()
+        partial = final.with_name(f".{final.name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)  # left by a killed run
+        partial.mkdir(parents=True)
+        build(partial)
+        write_text_atomic(partial / STAMP, json.dumps({"key": digest, "stage": stage, "inputs": key}, indent=2, default=str))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        self.built.append(rel)
+        self.emit(Event("done", stage, rel, seconds=time.perf_counter() - started))
+        return load(final)
+
+    def record(self, stage: str, rel: str, key: Any, compute: Callable[[], dict]) -> dict:
+        """A stage whose output is one JSON document."""
+        path = self.run_dir / rel
+        digest = key_hash(key)
+        if not self.rebuild and path.is_file():
+            saved = json.loads(path.read_text())
+            if saved.get("key") == digest:
+                self.emit(Event("cached", stage, rel))
+                return saved["result"]
+        self.emit(Event("start", stage, rel))
+        started = time.perf_counter()
+        result = compute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps({"key": digest, "result": result}, indent=2, default=str))
+        self.built.append(rel)
+        self.emit(Event("done", stage, rel, seconds=time.perf_counter() - started))
+        return result

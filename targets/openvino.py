@@ -1,0 +1,131 @@
+"""OpenVINO: IR (.xml + .bin) from the ONNX interchange file, fp32 or fp16-compressed; int8 through NNCF."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgeport.errors import ConfigError, ExportError, require
+from edgeport.targets.base import SourceModel, Target
+from edgeport.types import Artifact, CalibrationSet
+
+PRESETS = ("performance", "mixed")
+MODEL_TYPES = ("auto", "cnn", "transformer")
+# Ops that mark an attention model, for which NNCF's transformer scheme keeps accuracy.
+ATTENTION_OPS = {"Softmax", "MVN", "ScaledDotProductAttention"}
+
+
+def is_transformer(ov_model) -> bool:
+    return any(op.get_type_name() in ATTENTION_OPS for op in ov_model.get_ops())
+
+
+def compile_for_verification(ov, model, threads: int):
+    """Compile with f32 inference precision: otherwise this CPU runs "fp32" IR in bf16 and
+    verification would judge the CPU's mode, not the file."""
+    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
+    return ov.Core().compile_model(model if not isinstance(model, Path) else str(model), "CPU", config)
+
+
+def cosine(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    x, y = np.concatenate([v.ravel() for v in a]).astype(np.float64), np.concatenate([v.ravel() for v in b]).astype(np.float64)
+    return float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y) + 1e-30))
+
+
+class OpenVinoTarget(Target):
+    """OpenVINO IR on the CPU plugin."""
+
+    name = "openvino"
+    extra = "openvino"
+    runtime = "openvino"
+    precisions = ("fp32", "fp16", "int8")
+    quant_schemes = PRESETS
+
+    def export(self, source: SourceModel, precision: str, out_dir: Path, options: dict) -> Artifact:
+        self.check_precision(precision)
+        if precision == "int8":
+            raise ConfigError("openvino int8 comes from quantize, not export")
+        ov = require("openvino", "openvino")
+        try:
+            model = ov.convert_model(str(source.onnx_path))
+        except Exception as e:  # the converter raises its own OpConversionFailure and friends
+            raise ExportError(f"openvino could not convert {source.onnx_path.name}: {str(e).splitlines()[0]}") from e
+        ov.save_model(model, str(out_dir / "model.xml"), compress_to_fp16=(precision == "fp16"))
+        return self.new_artifact(precision, "openvino-ir", ["model.xml", "model.bin"], source)
+
+    def quantize(
+        self, source: SourceModel, float_artifact: Artifact, calibration: CalibrationSet, out_dir: Path, options: dict
+    ) -> Artifact:
+        ov = require("openvino", "openvino")
+        nncf = require("nncf", "openvino")
+        preset = options.get("preset", "performance")
+        if preset not in PRESETS:
+            raise ConfigError(f"openvino preset {preset!r} unknown; choose one of {', '.join(PRESETS)}")
+        model_type = options.get("model_type", "auto")
+        if model_type not in MODEL_TYPES:
+            raise ConfigError(f"openvino model_type {model_type!r} unknown; choose one of {', '.join(MODEL_TYPES)}")
+        model = ov.Core().read_model(str(float_artifact.main_file))
+        transformer = model_type == "transformer" or (model_type == "auto" and is_transformer(model))
+        if options.get("smooth_quant", "auto") not in ("auto", "on", "off"):
+            raise ConfigError(f"openvino smooth_quant {options['smooth_quant']!r} unknown; choose auto, on or off")
+        fast_bias_correction = bool(options.get("fast_bias_correction", True))
+        smooth_quant = options.get("smooth_quant", "auto")
+        samples = list(calibration.samples())
+        ignored = options.get("ignored_nodes") or []
+
+        def quantize(smooth: bool):
+            from nncf.quantization.advanced_parameters import (
+                AdvancedQuantizationParameters, AdvancedSmoothQuantParameters,
+            )
+
+            advanced = None if smooth else AdvancedQuantizationParameters(
+                smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1.0))
+            try:
+                return nncf.quantize(
+                    ov.Core().read_model(str(float_artifact.main_file)), nncf.Dataset(samples),
+                    preset=nncf.QuantizationPreset(preset),
+                    model_type=nncf.ModelType.TRANSFORMER if transformer else None,
+                    subset_size=len(samples), fast_bias_correction=fast_bias_correction,
+                    ignored_scope=nncf.IgnoredScope(names=list(ignored)) if ignored else None,
+                    advanced_parameters=advanced,
+                )
+            except Exception as e:  # nncf raises many kinds; name the step and keep the cause
+                raise ExportError(f"nncf int8 quantization failed: {e}") from e
+
+        scheme = {"tool": "nncf", "preset": preset, "model_type": "transformer" if transformer else "cnn",
+                  "fast_bias_correction": fast_bias_correction, "samples": len(samples)}
+        if not transformer:
+            quantized = quantize(smooth=True)  # SmoothQuant applies to transformers only
+        elif smooth_quant in ("on", "off"):
+            quantized = quantize(smooth=smooth_quant == "on")
+            scheme["smooth_quant"] = smooth_quant
+        else:
+            # SmoothQuant helps when activations have outlier channels and hurts small models
+            # without them: build both, keep the one closer to fp32 on calibration data.
+            reference = compile_for_verification(ov, float_artifact.main_file, 1)
+            probe = samples[:64]
+            ref = [reference(s)[0] for s in probe]
+            scores = {}
+            for smooth in (True, False):
+                candidate = quantize(smooth)
+                compiled = compile_for_verification(ov, candidate, 1)
+                scores[smooth] = (cosine(ref, [compiled(s)[0] for s in probe]), candidate)
+            best = max(scores, key=lambda k: scores[k][0])
+            quantized = scores[best][1]
+            scheme["smooth_quant"] = "on" if best else "off"
+            scheme["smooth_quant_probe_cosine"] = {"on": scores[True][0], "off": scores[False][0]}
+        ov.save_model(quantized, str(out_dir / "model.xml"), compress_to_fp16=False)
+        return self.new_artifact("int8", "openvino-ir", ["model.xml", "model.bin"], source,
+                                 options={"quantization": scheme})
+
+    def load(self, artifact: Artifact, threads: int):
+        ov = require("openvino", "openvino")
+        compiled = compile_for_verification(ov, artifact.main_file, threads)
+        names = [s.name for s in artifact.inputs]
+
+        class OvSession:
+            def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+                result = compiled({n: feeds[n] for n in names})
+                return [np.asarray(result[o]) for o in compiled.outputs]
+
+        return OvSession()

@@ -1,0 +1,45 @@
+"""Shared fixtures: the trained digits CNN (cached once per session), configs written to tmp folders."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory):
+    """Train the demo model once per session into a private cache (a few seconds)."""
+    path = tmp_path_factory.mktemp("edgeport-cache")
+    os.environ["EDGEPORT_CACHE_DIR"] = str(path)
+    from edgeport.examples.digits import trained_cnn
+
+    trained_cnn()
+    return path
+
+
+def write_config(folder: Path, body: str = "", *, targets: str | None = None, model: str | None = None,
+                 data: str | None = None, bench: str | None = None, name: str = "t") -> Path:
+    """A run config for the digits CNN with fast benchmark settings; sections can be replaced."""
+    model = model if model is not None else textwrap.dedent("""
+        [model]
+        source = "edgeport.examples.digits:trained_cnn"
+        inputs = [{ name = "image", shape = ["batch", 1, 8, 8], dtype = "float32", layout = "NCHW" }]
+        output_names = ["logits"]
+        """)
+    data = data if data is not None else '[data]\nsource = "digits"\ncalibration_samples = 128\n'
+    targets = targets if targets is not None else '[targets.onnxruntime]\nprecisions = ["fp32", "int8"]\n'
+    bench = bench if bench is not None else "[bench]\niterations = 20\nmin_seconds = 0.0\nwarmup = 2\nthreads = 1\n"
+    text = f'name = "{name}"\nruns_dir = "{folder / "runs"}"\n{model}\n{data}\n{targets}\n{bench}\n{body}'
+    path = folder / "config.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    return write_config(tmp_path)

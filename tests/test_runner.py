@@ -1,0 +1,62 @@
+"""The benchmark harness and the self-contained on-device runner."""
+
+from __future__ import annotations
+
+import ast
+import time
+
+import pytest
+
+from edgeport.devices import local, runner
+from tests.conftest import REPO
+
+
+def test_measure_honours_iterations_and_seconds():
+    calls = []
+    stats = runner.measure(lambda: calls.append(1), warmup=3, iterations=50, min_seconds=0.0)
+    assert stats["iterations"] == 50 and len(calls) == 53
+    started = time.perf_counter()
+    stats = runner.measure(lambda: time.sleep(0.001), warmup=0, iterations=5, min_seconds=0.2)
+    assert time.perf_counter() - started >= 0.2 and stats["iterations"] > 5
+    assert 1.0 <= stats["min_ms"] <= stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"]
+
+
+def test_runner_imports_only_stdlib_numpy_and_runtimes():
+    tree = ast.parse((REPO / "devices" / "runner.py").read_text())
+    imported = {n.names[0].name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    allowed = {"__future__", "json", "os", "platform", "resource", "sys", "time", "numpy",
+               "onnxruntime", "openvino", "ai_edge_litert", "tflite_runtime"}
+    assert imported <= allowed, imported - allowed
+
+
+def test_random_feeds_follow_the_specs():
+    feeds = runner.random_feeds([{"name": "a", "shape": ["batch", 3], "dtype": "float32"},
+                                 {"name": "b", "shape": [2], "dtype": "int8"}], batch=4, seed=0)
+    assert feeds["a"].shape == (4, 3) and feeds["a"].dtype == "float32"
+    assert feeds["b"].dtype == "int8"
+
+
+@pytest.mark.onnxruntime
+def test_runner_in_a_fresh_process(tmp_path):
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU()).eval()
+    torch.onnx.export(model, (torch.randn(1, 16),), str(tmp_path / "m.onnx"), dynamo=True, external_data=False,
+                      input_names=["x"])
+    result = local.bench({"runtime": "onnxruntime", "model": str(tmp_path / "m.onnx"),
+                          "inputs": [{"name": "x", "shape": [1, 16]}], "iterations": 30, "min_seconds": 0,
+                          "warmup": 2, "threads": 1})
+    assert result["iterations"] >= 30 and result["runtime"] == "onnxruntime"
+    assert result["runtime_version"].count(".") >= 2
+    # A fresh process: its peak memory is its own, far below a torch-importing parent's.
+    assert 0 < result["peak_rss_mb"] < 400
+    assert result["device_facts"]["arch"] and result["device_facts"]["cores"] >= 1
+
+
+def test_runner_failure_is_one_line(tmp_path):
+    from edgeport.errors import DeviceError
+
+    with pytest.raises(DeviceError, match="benchmark runner failed"):
+        local.bench({"runtime": "onnxruntime", "model": str(tmp_path / "missing.onnx"), "inputs": [],
+                     "iterations": 1, "min_seconds": 0, "warmup": 0, "threads": 1})
