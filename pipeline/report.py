@@ -102,7 +102,9 @@ def report_md(result, rows: list[dict]) -> str:
     if facts:
         lines += ["", "## Machine", "", f"{facts.get('cpu')}, {facts.get('cores')} cores, {facts.get('arch')}, {facts.get('os')}"]
     lines += ["", "Speedup is PyTorch eager fp32's p50 divided by the row's p50, both timed by the same harness "
-              "in a fresh process each.", ""]
+              "in a fresh process each, inputs bound once. OpenVINO rows use OpenVINO's own per-request clock "
+              "(as benchmark_app reports); the others a wall clock around the runtime call, which includes a few "
+              "microseconds of Python binding.", ""]
     if (result.run_dir / "latency_vs_accuracy.png").exists():
         lines += ["![latency vs accuracy](latency_vs_accuracy.png)", ""]
     return "\n".join(lines)

@@ -35,12 +35,13 @@ def bench(request: dict) -> dict:
     run_once()
     first_ms = (time.perf_counter() - t0) * 1e3
     stats = runner.measure(run_once, int(request["warmup"]), int(request["iterations"]), float(request["min_seconds"]))
+    stats.pop("clock"), stats.pop("wall_p50_ms")
     size = sum(p.numel() * p.element_size() for p in loaded.module.state_dict().values())
     return {
         "device": "local", "runtime": "pytorch-eager", "runtime_version": torch.__version__, "threads": threads,
         "warmup": int(request["warmup"]), "batch": int(request.get("batch", 1)), **stats,
         "load_ms": load_ms, "first_ms": first_ms, "peak_rss_mb": runner.peak_rss_mb(), "model_size_bytes": size,
-        "options": {"mode": "eager", "inference_mode": True}, "device_facts": runner.device_facts(),
+        "options": {"mode": "eager", "inference_mode": True, "clock": "wall"}, "device_facts": runner.device_facts(),
     }
 
 
