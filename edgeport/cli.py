@@ -21,7 +21,7 @@ app = typer.Typer(
 )
 # Off a terminal rich would wrap tables at 80 columns; results are wider.
 out = Console(width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 ConfigArg = Annotated[Path, typer.Argument(help="run config (TOML)", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON on stdout")]
@@ -207,7 +207,8 @@ def bench(
         for path in artifacts:
             a = Artifact.load(path)
             options = {"hint": hint} if a.target == "openvino" else {}
-            request = {"runtime": targets.get(a.target).runtime, "model": str(a.main_file.resolve()),
+            targets.get(a.target)  # one line naming the extra when the runtime is missing
+            request = {"runtime": a.target, "model": str(a.main_file.resolve()),
                        "inputs": [s.model_dump() for s in a.inputs], "options": options, "model_size_bytes": a.size_bytes,
                        "iterations": iterations, "min_seconds": min_seconds, "warmup": warmup,
                        "threads": threads or os.cpu_count() or 1}
@@ -250,7 +251,7 @@ def env(as_json: JsonOpt = False) -> None:
     from importlib.metadata import PackageNotFoundError, version
 
     packages = {}
-    for name in (*TOOLS, "nncf", "ai-edge-litert", "litert-torch", "tensorflow", "onnx2tf"):
+    for name in TOOLS:
         try:
             packages[name] = version(name)
         except PackageNotFoundError:

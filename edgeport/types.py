@@ -27,6 +27,25 @@ class TensorSpec(BaseModel):
     layout: Layout = "none"
     scale: float | None = None  # int8 IO only
     zero_point: int | None = None
+    # How this tensor's axes come from the source model's: tensor = source.transpose(source_axes).
+    source_axes: list[int] | None = None
+
+    def from_source(self, array: np.ndarray) -> np.ndarray:
+        """A source-layout float array as this tensor takes it: transposed, then quantized for int IO."""
+        if self.source_axes:
+            array = array.transpose(self.source_axes)
+        if np.dtype(self.dtype).kind in "iu" and self.scale:
+            info = np.iinfo(self.dtype)
+            array = np.clip(np.round(array / self.scale) + self.zero_point, info.min, info.max)
+        return np.ascontiguousarray(array.astype(self.dtype))
+
+    def to_source(self, array: np.ndarray) -> np.ndarray:
+        """This tensor's values in the source model's layout, dequantized to float32."""
+        if np.dtype(self.dtype).kind in "iu" and self.scale:
+            array = (array.astype(np.float32) - self.zero_point) * self.scale
+        if self.source_axes:
+            array = array.transpose(np.argsort(self.source_axes))
+        return array
 
     def concrete_shape(self, batch: int = 1) -> tuple[int, ...]:
         """The shape with every dynamic dimension set to `batch`."""

@@ -76,7 +76,18 @@ class PluginTargetOptions(BaseModel):
     precisions: list[str] = ["fp32"]
 
 
-TARGET_OPTIONS: dict[str, type[BaseModel]] = {"onnxruntime": OnnxRuntimeOptions, "openvino": OpenVinoOptions}
+class TfliteOptions(Strict):
+    precisions: list[Literal["fp32", "fp16", "int8-dynamic", "int8", "full-int8"]] = ["fp32", "fp16", "int8", "full-int8"]
+    converter: Literal["litert-torch", "onnx2tf"] = Field(
+        "litert-torch", description="for fp32/fp16/int8-dynamic/int8; full-int8 always goes through onnx2tf"
+    )
+    per_channel: bool = True
+    xnnpack: bool = Field(True, description="benchmark with the XNNPACK delegate (the default CPU path)")
+
+
+TARGET_OPTIONS: dict[str, type[BaseModel]] = {
+    "onnxruntime": OnnxRuntimeOptions, "openvino": OpenVinoOptions, "tflite": TfliteOptions,
+}
 
 
 class Tolerance(Strict):

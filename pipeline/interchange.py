@@ -13,7 +13,7 @@ import torch
 from edgeport.errors import ExportError
 from edgeport.pipeline.model_loading import LoadedModel, example_inputs
 
-OPSET = 18
+OPSET = 20  # 20 has Gelu; below it GELU decomposes to Erf, which TFLite lacks
 
 
 def strip_metadata(model: onnx.ModelProto) -> None:

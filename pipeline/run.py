@@ -122,19 +122,22 @@ class Run:
             for precision in sorted(set(wanted) | ({"fp32"} if set(wanted) - set(FLOAT_PRECISIONS) else set()),
                                     key=lambda p: PRECISION_ORDER.index(p) if p in PRECISION_ORDER else 99):
                 export_options = options.model_dump(exclude={"precisions", "hint", "performance_hint", "streams"})
+                if calibration is None:
+                    calibration = self.data()[0]
                 if precision in FLOAT_PRECISIONS:
                     key = {"stage": "export", "parent": sha256_file(source.onnx_path), "target": name,
-                           "precision": precision, "options": export_options, "versions": self.versions}
-                    artifact = self._build(f"{name}-{precision}", key, lambda d, p=precision: target.export(source, p, d, export_options))
+                           "precision": precision, "options": export_options, "versions": self.versions,
+                           # only converters that look at data (onnx2tf checks its layout choices) depend on it
+                           "calibration": calibration.digest if export_options.get("converter") == "onnx2tf" else None}
+                    artifact = self._build(f"{name}-{precision}", key,
+                                           lambda d, p=precision: target.export(source, p, d, export_options, calibration))
                     parents[precision] = artifact
                 else:
-                    if calibration is None:
-                        calibration = self.data()[0]
                     parent = parents["fp32"]
                     key = {"stage": "quantize", "parent": parent.id, "calibration": calibration.digest,
                            "precision": precision, "options": export_options, "versions": self.versions}
                     artifact = self._build(f"{name}-{precision}", key,
-                                           lambda d: target.quantize(source, parent, calibration, d, export_options),
+                                           lambda d, p=precision: target.quantize(source, parent, calibration, p, d, export_options),
                                            stage="quantize")
                 if precision in wanted:
                     made.append(artifact)
@@ -159,12 +162,13 @@ class Run:
         evaluation = self.data()[1]
         tolerance = self.config.verify.tolerance(artifact.precision)
         key = {"artifact": artifact.id, "files": [f.sha256 for f in artifact.files], "model": self.model.digest,
+               "io": [s.model_dump() for s in (*artifact.inputs, *artifact.outputs)],
                "evaluation": evaluation.digest, "tolerance": tolerance.model_dump(), "versions": self.versions}
 
         def compute() -> dict:
             reference = self.reference(evaluation)
             session = targets.get(artifact.target).load(artifact, threads_of(self.config))
-            outputs = session_outputs(session, evaluation, artifact.inputs, self.config.verify.batch)
+            outputs = session_outputs(session, evaluation, self.model.inputs, artifact, self.config.verify.batch)
             return compare(artifact, reference, outputs, evaluation.labels, tolerance).model_dump()
 
         report = self.stages.record("verify", f"verify/{artifact.target}-{artifact.precision}.json", key, compute)
@@ -193,11 +197,14 @@ class Run:
     def bench(self, artifact: Artifact) -> list[BenchResult]:
         from edgeport.devices import local
 
-        runtime = targets.get(artifact.target).runtime
+        targets.get(artifact.target)  # one line naming the extra when the runtime is missing
+        runtime = artifact.target  # the runner's loaders are named after targets
         variants = [{}]
         if artifact.target == "openvino":
             ov = self.config.target_options("openvino")
             variants = [{"hint": h, "performance_hint": ov.performance_hint, "streams": ov.streams} for h in ov.hint]
+        elif artifact.target == "tflite":
+            variants = [{"xnnpack": self.config.target_options("tflite").xnnpack}]
         results = []
         for options in variants:
             suffix = f"-{options['hint']}" if "hint" in options else ""

@@ -21,7 +21,8 @@ from edgeport.types import write_text_atomic
 T = TypeVar("T")
 STAMP = ".stage.json"
 
-TOOLS = ("edgeport", "torch", "onnx", "onnxscript", "onnxruntime", "openvino", "nncf", "numpy", "scikit-learn")
+TOOLS = ("edgeport", "torch", "onnx", "onnxscript", "onnxruntime", "openvino", "nncf", "numpy", "scikit-learn",
+         "ai-edge-litert", "litert-torch", "ai-edge-quantizer", "tensorflow", "onnx2tf")
 
 
 @cache

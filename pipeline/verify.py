@@ -31,10 +31,15 @@ def reference_outputs(module: torch.nn.Module, dataset: CalibrationSet, specs: l
     return [np.concatenate(parts) for parts in zip(*chunks)]
 
 
-def session_outputs(session: Session, dataset: CalibrationSet, specs: list[TensorSpec], batch: int) -> list[np.ndarray]:
-    chunks = [session.run({s.name: np.ascontiguousarray(feeds[s.name]) for s in specs})
-              for feeds in batched(dataset, specs, batch)]
-    return [np.concatenate([np.asarray(c[i]) for c in chunks]) for i in range(len(chunks[0]))]
+def session_outputs(session: Session, dataset: CalibrationSet, source_inputs: list[TensorSpec], artifact: Artifact,
+                    batch: int) -> list[np.ndarray]:
+    """Run the artifact on the dataset. Inputs go through the artifact's record (layout, int8
+    scale and zero point) by position, outputs come back in the source layout as float."""
+    chunks = []
+    for feeds in batched(dataset, artifact.inputs, batch):
+        outs = session.run({a.name: a.from_source(feeds[s.name]) for s, a in zip(source_inputs, artifact.inputs)})
+        chunks.append([a.to_source(np.asarray(o)) for a, o in zip(artifact.outputs, outs)])
+    return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
 
 
 def metrics(name: str, ref: np.ndarray, out: np.ndarray) -> OutputMetrics:

@@ -35,6 +35,11 @@ BUILTIN = {
         "openvino", "edgeport.targets.openvino:OpenVinoTarget", "openvino", "openvino",
         ("fp32", "fp16", "int8"), "OpenVINO IR (.xml/.bin); int8 through NNCF post-training quantization",
     ),
+    "tflite": TargetInfo(
+        "tflite", "edgeport.targets.tflite:TfliteTarget", "tflite", "ai_edge_litert",
+        ("fp32", "fp16", "int8-dynamic", "int8", "full-int8"),
+        "TFLite/LiteRT via litert-torch; full-int8 (int8 IO) via onnx2tf + TensorFlow",
+    ),
 }
 
 

@@ -37,14 +37,17 @@ class Target(ABC):
     quant_schemes: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
-    def export(self, source: SourceModel, precision: str, out_dir: Path, options: dict) -> Artifact:
-        """Write a float artifact (fp32, or fp16 where the runtime has it) into out_dir."""
+    def export(self, source: SourceModel, precision: str, out_dir: Path, options: dict,
+               calibration: CalibrationSet | None = None) -> Artifact:
+        """Write a float artifact (fp32, or fp16 where the runtime has it) into out_dir.
+        `calibration` is there for converters that check their own work on real data."""
 
     @abstractmethod
     def quantize(
-        self, source: SourceModel, float_artifact: Artifact, calibration: CalibrationSet, out_dir: Path, options: dict
+        self, source: SourceModel, float_artifact: Artifact, calibration: CalibrationSet, precision: str,
+        out_dir: Path, options: dict,
     ) -> Artifact:
-        """Write an int8 artifact calibrated on `calibration` into out_dir."""
+        """Write an integer artifact (`precision`) calibrated on `calibration` into out_dir."""
 
     @abstractmethod
     def load(self, artifact: Artifact, threads: int) -> Session:

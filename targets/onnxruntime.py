@@ -24,7 +24,8 @@ class OnnxRuntimeTarget(Target):
     precisions = ("fp32", "int8")
     quant_schemes = CALIBRATION_METHODS
 
-    def export(self, source: SourceModel, precision: str, out_dir: Path, options: dict) -> Artifact:
+    def export(self, source: SourceModel, precision: str, out_dir: Path, options: dict,
+               calibration: CalibrationSet | None = None) -> Artifact:
         self.check_precision(precision)
         if precision != "fp32":
             raise ConfigError(f"onnxruntime exports fp32; {precision} comes from quantize")
@@ -32,8 +33,10 @@ class OnnxRuntimeTarget(Target):
         return self.new_artifact("fp32", "onnx", ["model.onnx"], source)
 
     def quantize(
-        self, source: SourceModel, float_artifact: Artifact, calibration: CalibrationSet, out_dir: Path, options: dict
+        self, source: SourceModel, float_artifact: Artifact, calibration: CalibrationSet, precision: str,
+        out_dir: Path, options: dict,
     ) -> Artifact:
+        self.check_precision(precision)
         require("onnxruntime", "onnxruntime")
         from onnxruntime.quantization import (
             CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static,

@@ -41,7 +41,8 @@ class OpenVinoTarget(Target):
     precisions = ("fp32", "fp16", "int8")
     quant_schemes = PRESETS
 
-    def export(self, source: SourceModel, precision: str, out_dir: Path, options: dict) -> Artifact:
+    def export(self, source: SourceModel, precision: str, out_dir: Path, options: dict,
+               calibration: CalibrationSet | None = None) -> Artifact:
         self.check_precision(precision)
         if precision == "int8":
             raise ConfigError("openvino int8 comes from quantize, not export")
@@ -54,8 +55,10 @@ class OpenVinoTarget(Target):
         return self.new_artifact(precision, "openvino-ir", ["model.xml", "model.bin"], source)
 
     def quantize(
-        self, source: SourceModel, float_artifact: Artifact, calibration: CalibrationSet, out_dir: Path, options: dict
+        self, source: SourceModel, float_artifact: Artifact, calibration: CalibrationSet, precision: str,
+        out_dir: Path, options: dict,
     ) -> Artifact:
+        self.check_precision(precision)
         ov = require("openvino", "openvino")
         nncf = require("nncf", "openvino")
         preset = options.get("preset", "performance")

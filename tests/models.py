@@ -25,7 +25,8 @@ class DigitsTransformer(nn.Module):
         self.head = nn.Linear(dim, classes)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = self.embed(image[:, 0]) + self.position  # [B, 1, 8, 8] -> 8 tokens of 8 pixels
+        rows = image[:, 0] if image.dim() == 4 else image  # [B, 1, 8, 8] or [B, 8, 8]: 8 tokens of 8 pixels
+        x = self.embed(rows) + self.position
         h = self.norm1(x)
         x = x + self.attn(h, h, h, need_weights=False)[0]
         x = x + self.mlp(self.norm2(x))
@@ -54,3 +55,56 @@ source = "tests.models:digits_transformer"
 inputs = [{ name = "image", shape = ["batch", 1, 8, 8], dtype = "float32" }]
 output_names = ["logits"]
 """
+
+TOKENS_MODEL = """
+[model]
+source = "tests.models:digits_transformer"
+inputs = [{ name = "tokens", shape = ["batch", 8, 8], dtype = "float32" }]
+output_names = ["logits"]
+
+[data]
+source = "npy"
+path = "tokens.npz"
+calibration_samples = 128
+"""
+
+
+def write_digit_tokens(folder) -> None:
+    """The held-out digits as 3-D token arrays (8 rows of 8 pixels) with labels, for TOKENS_MODEL."""
+    import numpy as np
+
+    from edgeport.calibration.digits import digits_split
+
+    _, _, x_test, y_test = digits_split()
+    np.savez(folder / "tokens.npz", tokens=x_test[:, 0], labels=y_test)
+
+
+class RgbNet(nn.Module):
+    """A small 3-channel CNN: the input kind onnx2tf wants to fetch sample images for."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(8, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def rgb_net() -> RgbNet:
+    torch.manual_seed(0)
+    return RgbNet().eval()
+
+
+def write_photo_crops(folder, n: int = 96, size: int = 16) -> None:
+    """Crops of scikit-learn's sample photos (real images), NCHW float in [0, 1]."""
+    import numpy as np
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.default_rng(0)
+    crops = []
+    for image in load_sample_images().images:
+        for _ in range(n // 2):
+            y, x = rng.integers(0, image.shape[0] - size), rng.integers(0, image.shape[1] - size)
+            crops.append(image[y : y + size, x : x + size].transpose(2, 0, 1) / 255.0)
+    np.save(folder / "crops.npy", np.asarray(crops, np.float32))

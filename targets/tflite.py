@@ -1,0 +1,346 @@
+"""TFLite / LiteRT: two converters.
+
+- litert-torch (default): PyTorch straight to .tflite, no TensorFlow. fp32; fp16 weights and
+  dynamic-range int8 by ai-edge-quantizer on that file; static int8 by PT2E on the shared
+  calibration set.
+- onnx2tf + TensorFlow: the ONNX interchange file through a SavedModel and
+  tf.lite.TFLiteConverter with a representative dataset from the same calibration set: fully
+  integer models with int8 inputs and outputs (microcontrollers, NPUs, the Edge TPU).
+
+Every artifact records the real layout of each tensor (source_axes) and, for int8 IO, its
+scale and zero point, read back from the interpreter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from edgeport.errors import ConfigError, ExportError, require
+from edgeport.targets.base import SourceModel, Target
+from edgeport.types import Artifact, CalibrationSet, TensorSpec
+
+CONVERTERS = ("litert-torch", "onnx2tf")
+# TensorFlow's C++ logging bypasses Python's streams; keep it quiet unless asked.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The file onnx2tf downloads for 4-D three-channel inputs unless it is in its working folder.
+ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+
+
+def interpreter(path: Path, threads: int = 1):
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path), num_threads=threads)
+    it.allocate_tensors()
+    return it
+
+
+def onnx2tf_axes(rank: int) -> list[int] | None:
+    """How onnx2tf lays out a tensor of this rank: 4-D images channels-last; other ranks as they
+    are, because edgeport passes keep_shape_absolutely_input_names for them."""
+    return [0, 2, 3, 1] if rank == 4 else None
+
+
+def axes_between(source: list[int], found: list[int], expected: list[int] | None) -> list[int] | None:
+    """The permutation taking the source shape to the converted tensor's shape (None = identity).
+    A square shape cannot tell on its own, so the converter's known rule (`expected`) is tried first."""
+    rank = len(source)
+    identity = list(range(rank))
+    candidates = [expected or identity, identity, [0, *range(2, rank), 1] if rank >= 3 else identity]
+    for axes in candidates:
+        if [source[a] for a in axes] == list(found):
+            return None if axes == identity else axes
+    raise ExportError(f"cannot tell how the converted shape {list(found)} relates to the model's {source}")
+
+
+def read_specs(path: Path, source: SourceModel, channels_last: bool) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Input/output specs as the interpreter sees them, in the source model's order."""
+    it = interpreter(path)
+
+    def spec(detail: dict, src: TensorSpec) -> TensorSpec:
+        shape = [int(d) for d in detail["shape"]]
+        axes = axes_between(list(src.concrete_shape(1)), shape, onnx2tf_axes(len(shape)) if channels_last else None)
+        scale, zero = detail["quantization"]
+        layout = src.layout
+        if axes is not None and len(shape) == 4:
+            layout = "NHWC" if src.layout in ("NCHW", "none") else src.layout
+        quantized = np.dtype(detail["dtype"]).kind in "iu" and scale
+        return TensorSpec(name=detail["name"], shape=shape, dtype=np.dtype(detail["dtype"]).name, layout=layout,
+                          scale=float(scale) if quantized else None, zero_point=int(zero) if quantized else None,
+                          source_axes=axes)
+
+    inputs = sorted(it.get_input_details(), key=lambda d: d["index"])
+    outputs = sorted(it.get_output_details(), key=lambda d: d["index"])
+    if len(inputs) != len(source.inputs) or len(outputs) != len(source.outputs):
+        raise ExportError(f"converted model has {len(inputs)} inputs / {len(outputs)} outputs; "
+                          f"the source has {len(source.inputs)} / {len(source.outputs)}")
+    return ([spec(d, s) for d, s in zip(inputs, source.inputs)], [spec(d, s) for d, s in zip(outputs, source.outputs)])
+
+
+LOG_NAME = "convert.log"
+
+
+@contextlib.contextmanager
+def quiet(log: Path | None = None):
+    """TensorFlow, absl and onnx2tf write to the process's stdout/stderr from C++ as well as
+    Python: send both file descriptors to `log` (kept beside the artifact) unless -v."""
+    if logging.getLogger("edgeport").isEnabledFor(logging.INFO):
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log or os.devnull, "ab") as sink, contextlib.redirect_stdout(io.StringIO()) as out, \
+            contextlib.redirect_stderr(io.StringIO()) as err:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            sink.write((out.getvalue() + err.getvalue()).encode())
+
+
+def example_args(source: SourceModel):
+    import torch
+
+    return tuple(torch.zeros(s.concrete_shape(1), dtype=getattr(torch, s.dtype)) for s in source.inputs)
+
+
+def litert_convert(source: SourceModel, path: Path, quant_config=None, module=None) -> None:
+    litert_torch = require("litert_torch", "tflite")
+    try:
+        with quiet(path.parent / LOG_NAME):
+            model = litert_torch.convert(module or source.module, example_args(source), quant_config=quant_config)
+            model.export(str(path))
+    except Exception as e:
+        raise ExportError(f"litert-torch could not convert the model: {str(e).strip().splitlines()[-1]}") from e
+
+
+def ai_edge_quantize(src: Path, dst: Path, recipe) -> None:
+    from ai_edge_quantizer import quantizer
+
+    q = quantizer.Quantizer(str(src))
+    if callable(recipe):
+        recipe(q)
+    else:
+        q.load_quantization_recipe(recipe)
+    with quiet(dst.parent / LOG_NAME):
+        q.quantize().export_model(str(dst), overwrite=True)
+
+
+def fp16_weights(q) -> None:
+    from ai_edge_quantizer import qtyping, quantizer
+
+    q.update_quantization_recipe(
+        regex=".*", algorithm_key=quantizer.AlgorithmName.FLOAT_CASTING,
+        operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+        op_config=qtyping.OpQuantizationConfig(
+            weight_tensor_config=qtyping.TensorQuantizationConfig(num_bits=16, dtype=qtyping.TensorDataType.FLOAT),
+            compute_precision=qtyping.ComputePrecision.FLOAT, explicit_dequantize=True,
+        ),
+    )
+
+
+def pt2e_static_int8(source: SourceModel, calibration: CalibrationSet, path: Path, per_channel: bool) -> None:
+    import torch
+    from litert_torch.quantize import pt2e_quantizer
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e import move_exported_model_to_eval, quantize_pt2e
+
+    quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
+        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=per_channel))
+    args = example_args(source)
+    with quiet(path.parent / LOG_NAME):
+        graph = torch.export.export(source.module, args).module()
+        prepared = quantize_pt2e.prepare_pt2e(graph, quantizer)
+        for feeds in calibration.samples():  # observers see every calibration sample
+            prepared(*(torch.from_numpy(feeds[s.name]) for s in source.inputs))
+        converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
+        move_exported_model_to_eval(converted)
+    litert_convert(source, path, QuantConfig(pt2e_quantizer=quantizer), module=converted)
+
+
+def onnx2tf_saved_model(source: SourceModel, calibration: CalibrationSet, work: Path) -> Path:
+    """Run onnx2tf on a copy of the interchange file, offline, with real data for its layout checks."""
+    work = work.resolve()  # onnx2tf runs with its working folder as cwd
+    work.mkdir(parents=True, exist_ok=True)
+    with quiet(work.parent / LOG_NAME):  # importing TensorFlow logs from C++
+        onnx2tf = require("onnx2tf", "tflite-full-int8")
+    onnx_copy = work / "model.onnx"  # a copy: onnx2tf rewrites its input in place
+    static_onnx(source, onnx_copy)
+    data_args = []
+    for spec in source.inputs:
+        samples = calibration.inputs[spec.name][:20]
+        if samples.ndim == 4:
+            samples = samples.transpose(0, 2, 3, 1)  # onnx2tf takes image data in TF layout
+        np.save(work / f"{spec.name}.npy", samples)
+        data_args.append([spec.name, str(work / f"{spec.name}.npy")])
+        if samples.ndim == 4 and samples.shape[-1] == 3:
+            write_onnx2tf_sample(samples, work / ONNX2TF_SAMPLE)
+    # onnx2tf runs onnxsim as a subprocess found on PATH: put this interpreter's bin first.
+    env_path = os.environ.get("PATH", "")
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env_path}"
+    cwd = os.getcwd()
+    try:
+        os.chdir(work)  # where onnx2tf looks for its sample file
+        with quiet(work.parent / LOG_NAME):
+            onnx2tf.convert(
+                input_onnx_file_path=str(onnx_copy), output_folder_path=str(work / "saved_model"),
+                batch_size=1, custom_input_op_name_np_data_path=data_args,
+                keep_shape_absolutely_input_names=[s.name for s in source.inputs if len(s.shape) != 4] or None,
+                copy_onnx_input_output_names_to_tflite=True, output_signaturedefs=True, non_verbose=True,
+            )
+    except SystemExit as e:  # onnx2tf calls sys.exit on errors
+        raise ExportError(f"onnx2tf could not convert the model (exit {e.code}); its log: {work.parent / LOG_NAME}") from None
+    except Exception as e:
+        raise ExportError(f"onnx2tf could not convert the model: {str(e).strip().splitlines()[-1]}") from e
+    finally:
+        os.chdir(cwd)
+        os.environ["PATH"] = env_path
+    return work / "saved_model"
+
+
+def static_onnx(source: SourceModel, path: Path) -> None:
+    """The interchange file with batch 1. A dynamic batch leaves Shape/Slice/Concat chains around
+    reshapes that onnx2tf mis-converts silently (cosine 0.14 on an attention block, 1.0 static)."""
+    import onnx
+    import torch
+
+    if not any(s.dynamic_batch for s in source.inputs):
+        shutil.copyfile(source.onnx_path, path)
+        return
+    opset = next(o.version for o in onnx.load(str(source.onnx_path), load_external_data=False).opset_import
+                 if o.domain in ("", "ai.onnx"))
+    with quiet(path.parent.parent / LOG_NAME):
+        torch.onnx.export(source.module, example_args(source), str(path), dynamo=True, external_data=False,
+                          opset_version=opset, input_names=[s.name for s in source.inputs],
+                          output_names=[s.name for s in source.outputs])
+
+
+def write_onnx2tf_sample(samples: np.ndarray, path: Path) -> None:
+    """onnx2tf insists on a 20x128x128x3 image file for 3-channel models: make it from our own data."""
+    reps = -(-20 // len(samples))
+    images = np.concatenate([samples] * reps)[:20]
+    h, w = images.shape[1:3]
+    rows, cols = np.arange(128) * h // 128, np.arange(128) * w // 128
+    np.save(path, images[:, rows][:, :, cols].astype(np.float32))
+
+
+def tf_lite_convert(saved_model: Path, path: Path, calibration: CalibrationSet | None, source: SourceModel,
+                    input_axes: list[list[int] | None]) -> None:
+    with quiet(path.parent / LOG_NAME):
+        tf = require("tensorflow", "tflite-full-int8")
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    if calibration is not None:
+        def representative():
+            for feeds in calibration.samples():
+                yield [feeds[s.name].transpose(axes) if axes else feeds[s.name]
+                       for s, axes in zip(source.inputs, input_axes)]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    try:
+        with quiet(path.parent / LOG_NAME):
+            path.write_bytes(converter.convert())
+    except Exception as e:
+        raise ExportError(f"TFLiteConverter failed: {str(e).strip().splitlines()[-1]}") from e
+
+
+class TfliteTarget(Target):
+    """TFLite / LiteRT (XNNPACK on CPU)."""
+
+    name = "tflite"
+    extra = "tflite"
+    runtime = "ai_edge_litert"
+    precisions = ("fp32", "fp16", "int8-dynamic", "int8", "full-int8")
+
+    def runtime_requirements(self) -> list[str]:
+        return ["ai-edge-litert"]  # or tflite-runtime on older boards (fp32 and int8 only)
+
+    def export(self, source: SourceModel, precision: str, out_dir: Path, options: dict,
+               calibration: CalibrationSet | None = None) -> Artifact:
+        self.check_precision(precision)
+        converter = options.get("converter", "litert-torch")
+        if converter not in CONVERTERS:
+            raise ConfigError(f"tflite converter {converter!r} unknown; choose one of {', '.join(CONVERTERS)}")
+        path = out_dir / "model.tflite"
+        if converter == "litert-torch":
+            litert_convert(source, path)
+        else:
+            if calibration is None:
+                raise ConfigError("tflite converter onnx2tf needs calibration data to check its layout choices")
+            saved = onnx2tf_saved_model(source, calibration, out_dir / "onnx2tf")
+            tf_lite_convert(saved, path, None, source, [])
+            shutil.rmtree(out_dir / "onnx2tf")
+        if precision == "fp16":
+            fp32 = out_dir / "fp32.tflite"
+            path.rename(fp32)
+            ai_edge_quantize(fp32, path, fp16_weights)
+            fp32.unlink()
+        elif precision != "fp32":
+            raise ConfigError(f"tflite {precision} comes from quantize, not export")
+        return self._artifact(source, path, precision, converter, channels_last=converter == "onnx2tf")
+
+    def quantize(
+        self, source: SourceModel, float_artifact: Artifact, calibration: CalibrationSet, precision: str,
+        out_dir: Path, options: dict,
+    ) -> Artifact:
+        self.check_precision(precision)
+        path = out_dir / "model.tflite"
+        per_channel = bool(options.get("per_channel", True))
+        scheme: dict = {"samples": len(calibration)}
+        if precision == "int8-dynamic":
+            from ai_edge_quantizer import recipe
+
+            ai_edge_quantize(float_artifact.main_file, path, recipe.dynamic_wi8_afp32())
+            scheme = {"tool": "ai-edge-quantizer", "weights": "int8 per-channel", "activations": "float, int8 at run time"}
+            converter = "litert-torch"
+        elif precision == "int8":
+            pt2e_static_int8(source, calibration, path, per_channel)
+            scheme |= {"tool": "pt2e", "weights": f"int8 symmetric{' per-channel' if per_channel else ''}",
+                       "activations": "int8 (HistogramObserver)"}
+            converter = "litert-torch"
+        else:  # full-int8
+            saved = onnx2tf_saved_model(source, calibration, out_dir / "onnx2tf")
+            tf_lite_convert(saved, path, calibration, source, [onnx2tf_axes(len(s.shape)) for s in source.inputs])
+            shutil.rmtree(out_dir / "onnx2tf")
+            scheme |= {"tool": "onnx2tf + TFLiteConverter", "weights": "int8 per-channel", "activations": "int8"}
+            converter = "onnx2tf"
+        artifact = self._artifact(source, path, precision, converter, channels_last=converter == "onnx2tf")
+        artifact.options = {"quantization": scheme | {"io": sorted({s.dtype for s in artifact.inputs + artifact.outputs})}}
+        return artifact
+
+    def _artifact(self, source: SourceModel, path: Path, precision: str, converter: str, channels_last: bool) -> Artifact:
+        artifact = self.new_artifact(precision, "tflite", [path.name], source, converter=converter)
+        artifact.inputs, artifact.outputs = read_specs(path, source, channels_last)
+        return artifact
+
+    def load(self, artifact: Artifact, threads: int):
+        require("ai_edge_litert", "tflite")
+        it = interpreter(artifact.main_file, threads)
+        ins = {d["name"]: d["index"] for d in it.get_input_details()}
+        outs = [d["index"] for d in sorted(it.get_output_details(), key=lambda d: d["index"])]
+
+        class TfliteSession:
+            def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+                for name, value in feeds.items():
+                    it.set_tensor(ins[name], value)
+                it.invoke()
+                return [it.get_tensor(i).copy() for i in outs]
+
+        return TfliteSession()
