@@ -149,6 +149,44 @@ def export(
             out.print(f"{a.label:<22} {a.size_bytes / 1024:9.1f} KB  {a.root}", highlight=False)
 
 
+@app.command("compress")
+def compress_command(
+    config: Annotated[Path, typer.Option("--config", "-c", help="run config with [[compress]] steps")],
+    model: Annotated[Optional[str], typer.Argument(help="model source (overrides [model] source)")] = None,
+    output: Annotated[Optional[Path], typer.Option("--out", help="where to copy the compressed model (.pt2)")] = None,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Run the [[compress]] steps alone; writes the compressed model as a torch.export .pt2."""
+    setup_logging(verbose)
+    import shutil
+
+    from edgeport.cli_progress import progress_listener
+    from edgeport.errors import ConfigError
+    from edgeport.pipeline.run import Run
+
+    try:
+        cfg = load(config, **{"model.source": model})
+        if not cfg.compress:
+            raise ConfigError(f"{config}: no [[compress]] steps to run")
+        with progress_listener(err, verbose) as listener:
+            job = Run(cfg, listener)
+            job.model  # runs the chain
+            final = job.compressed_path
+        if output:
+            shutil.copyfile(final, output)
+            final = output
+    except EdgeportError as e:
+        raise fail(e) from None
+    if as_json:
+        out.print_json(json.dumps({"model": str(final), "steps": job.compression}, default=str))
+        return
+    from edgeport.cli_tables import compression_table
+
+    out.print(compression_table(job.compression))
+    out.print(f"compressed model: {final}\nuse it with:      source = \"{final}\"", highlight=False)
+
+
 @app.command()
 def verify(
     artifacts: Annotated[list[Path], typer.Argument(help="artifact folders (holding artifact.json)", show_default=False)],

@@ -38,3 +38,14 @@ def bench_table(results) -> Table:
                       str(b.threads), str(b.iterations), f"{b.p50_ms:.4f}", f"{b.p90_ms:.4f}", f"{b.p99_ms:.4f}",
                       f"{b.mean_ms:.4f} ± {b.std_ms:.4f}", f"{b.load_ms:.1f}", f"{b.peak_rss_mb:.0f}")
     return table
+
+
+def compression_table(rows) -> Table:
+    table = Table("step", "params", "MACs", "zip (KB)", "accuracy (%)", "eager p50 (ms)", title="compression")
+    for r in rows:
+        table.add_row(r["step"], f"{r['params_before']:,} → {r['params_after']:,}", f"{r['macs_before']:,} → {r['macs_after']:,}",
+                      f"{r['zip_bytes_before'] / 1024:.1f} → {r['zip_bytes_after'] / 1024:.1f}",
+                      f"{fmt(r['accuracy_before'] and r['accuracy_before'] * 100, '.2f')} → "
+                      f"{fmt(r['accuracy_after'] and r['accuracy_after'] * 100, '.2f')}",
+                      f"{r['p50_ms_before']:.4f} → {r['p50_ms_after']:.4f}")
+    return table

@@ -125,11 +125,15 @@ class BenchConfig(Strict):
     baseline: bool = Field(True, description="also time PyTorch eager fp32 with the same harness")
 
 
+from edgeport.pipeline.compress.configs import CompressConfig  # noqa: E402
+
+
 class RunConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     runs_dir: str = "runs"
     model: ModelConfig
     data: DataConfig = DataConfig()
+    compress: list[CompressConfig] = Field(default_factory=list, description="[[compress]] steps, in order")
     targets: dict[str, dict] = Field(default_factory=lambda: {"onnxruntime": {}})
     verify: VerifyConfig = VerifyConfig()
     bench: BenchConfig = BenchConfig()

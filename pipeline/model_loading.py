@@ -148,3 +148,11 @@ def load_model(config: ModelConfig, base_dir: Path) -> LoadedModel:
         for n, o in zip(names, outputs)
     ]
     return LoadedModel(module, list(config.inputs), out_specs, state_digest(module))
+
+
+def save_program(module: torch.nn.Module, specs: list[TensorSpec], path: Path) -> None:
+    """Save the module as a torch.export program (.pt2) that loads without its Python source."""
+    dynamic = any(s.dynamic_batch for s in specs)
+    shapes = tuple({0: torch.export.Dim.DYNAMIC} if s.dynamic_batch else None for s in specs) if dynamic else None
+    program = torch.export.export(module, example_inputs(specs, 2 if dynamic else 1), dynamic_shapes=shapes)
+    torch.export.save(program, str(path))

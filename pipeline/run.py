@@ -41,6 +41,7 @@ class RunResult:
     reference_accuracy: float | None = None
     built: list[str] = field(default_factory=list)
     reports: dict[str, Path] = field(default_factory=dict)
+    compression: list[dict] = field(default_factory=list)
 
     @property
     def failures(self) -> list[str]:
@@ -61,18 +62,34 @@ class Run:
         self.emit = on_event or (lambda event: None)
         self.stages = Stages(self.run_dir, self.emit, rebuild)
         self.versions = tool_versions()
+        self._original: LoadedModel | None = None
         self._model: LoadedModel | None = None
         self._reference = None
+        self.compression: list[dict] = []
+        self.compressed_path: Path | None = None
 
     # --- load, interchange, data
 
     @property
-    def model(self) -> LoadedModel:
-        if self._model is None:
+    def original(self) -> LoadedModel:
+        """The model as the user gave it."""
+        if self._original is None:
             self.emit(Event("start", "load", self.config.model.source))
             started = time.perf_counter()
-            self._model = load_model(self.config.model, self.config.base_dir)
+            self._original = load_model(self.config.model, self.config.base_dir)
             self.emit(Event("done", "load", self.config.model.source, seconds=time.perf_counter() - started))
+        return self._original
+
+    @property
+    def model(self) -> LoadedModel:
+        """The model every target exports: the original after the [[compress]] steps."""
+        if self._model is None:
+            if self.config.compress:
+                from edgeport.pipeline.compress.chain import run_chain
+
+                self._model, self.compression, self.compressed_path = run_chain(self)
+            else:
+                self._model = self.original
         return self._model
 
     def interchange(self) -> SourceModel:
@@ -180,15 +197,23 @@ class Run:
         return self._reference
 
     def reference_accuracy(self) -> float | None:
+        """Held-out accuracy of the original model (the baseline row)."""
         from edgeport.pipeline.verify import accuracy
 
         evaluation = self.data()[1]
         if evaluation.labels is None:
             return None
-        key = {"model": self.model.digest, "evaluation": evaluation.digest}
-        result = self.stages.record("verify", "verify/pytorch-fp32.json", key,
-                                    lambda: {"accuracy": accuracy(self.reference(evaluation)[0], evaluation.labels)})
-        return result["accuracy"]
+        original = self.original
+        key = {"model": original.digest, "evaluation": evaluation.digest}
+
+        def compute() -> dict:
+            if original is self.model:
+                outputs = self.reference(evaluation)
+            else:
+                outputs = reference_outputs(original.module, evaluation, original.inputs, self.config.verify.batch)
+            return {"accuracy": accuracy(outputs[0], evaluation.labels)}
+
+        return self.stages.record("verify", "verify/pytorch-fp32.json", key, compute)["accuracy"]
 
     def bench_settings(self) -> dict:
         b = self.config.bench
@@ -225,7 +250,7 @@ class Run:
 
         request = {"model": self.config.model.model_dump(mode="json"), "base_dir": str(self.config.base_dir),
                    **self.bench_settings()}
-        key = {"model": self.model.digest, "settings": self.bench_settings(), "versions": self.versions,
+        key = {"model": self.original.digest, "settings": self.bench_settings(), "versions": self.versions,
                "runner": sha256_file(local.RUNNER)}
         result = self.stages.record("bench", "bench/local/pytorch-fp32.json", key,
                                     lambda: local.run_json([sys.executable, "-m", "edgeport.pipeline.torch_bench"], request, 600))
@@ -239,7 +264,7 @@ def run(config: RunConfig, on_event: Listener | None = None, rebuild: bool = Fal
     job = Run(config, on_event, rebuild)
     write_text_atomic(job.run_dir / "config.resolved.toml", to_toml(config))
     results = [ArtifactResult(a) for a in job.artifacts()]
-    outcome = RunResult(config, job.run_dir, results)
+    outcome = RunResult(config, job.run_dir, results, compression=job.compression)
     if STEPS.index(until) >= STEPS.index("verify"):
         outcome.reference_accuracy = job.reference_accuracy()
         for r in results:

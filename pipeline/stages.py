@@ -45,7 +45,7 @@ def key_hash(key: Any) -> str:
 class Event:
     """What the pipeline reports; the CLI turns these into progress bars, the library prints nothing."""
 
-    kind: Literal["plan", "start", "done", "cached", "warning"]
+    kind: Literal["plan", "start", "done", "cached", "progress", "warning"]
     stage: str
     label: str = ""
     detail: str = ""

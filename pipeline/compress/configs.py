@@ -1,0 +1,59 @@
+"""Typed, versioned configs, one per compression method (the `method` key selects)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Step(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int = 1
+
+
+class PruneStructured(Step):
+    """Remove whole channels with torch-pruning (dependency-graph aware): dense runtimes get faster."""
+
+    method: Literal["prune-structured"] = "prune-structured"
+    ratio: float = Field(0.5, ge=0, lt=1, description="fraction of channels to remove")
+    layer_ratios: dict[str, float] = Field(default_factory=dict, description="per-layer ratios by module name")
+    global_pruning: bool = Field(False, description="rank channels across layers instead of per layer")
+    importance: Literal["l1", "l2", "taylor"] = "l2"
+    ignore: list[str] | None = Field(None, description="module names to keep whole (default: the output layer)")
+
+
+class PruneUnstructured(Step):
+    """Zero the smallest weights (torch.nn.utils.prune), made permanent. Dense runtimes gain no speed."""
+
+    method: Literal["prune-unstructured"] = "prune-unstructured"
+    ratio: float = Field(0.5, ge=0, lt=1, description="fraction of weights set to zero")
+    ignore: list[str] | None = None
+
+
+class LowRank(Step):
+    """Replace Linear and 1x1 Conv layers by two thinner ones from a truncated SVD."""
+
+    method: Literal["low-rank"] = "low-rank"
+    energy: float | None = Field(0.9, gt=0, le=1, description="keep the smallest rank holding this share of energy")
+    rank_ratio: float | None = Field(None, gt=0, le=1, description="or a fixed fraction of the full rank")
+    ignore: list[str] = Field(default_factory=list)
+
+
+class Distill(Step):
+    """Fine-tune the compressed student against the original teacher."""
+
+    method: Literal["distill"] = "distill"
+    data: Literal["digits", "npy"] | None = Field(None, description="training data source (required)")
+    path: str | None = Field(None, description=".npz with input arrays (and `labels`) for data = 'npy'")
+    epochs: int = Field(15, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(64, gt=0)
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.7, ge=0, le=1, description="weight of the soft (teacher) loss; the rest is task loss")
+    validation_fraction: float = Field(0.15, gt=0, lt=1, description="of the training data, for picking the best epoch")
+    seed: int = 0
+
+
+CompressConfig = Annotated[Union[PruneStructured, PruneUnstructured, LowRank, Distill], Field(discriminator="method")]
+METHODS = ("prune-structured", "prune-unstructured", "low-rank", "distill")

@@ -1,0 +1,94 @@
+"""Knowledge distillation: the compressed student learns the original teacher's softened outputs."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeport.errors import ConfigError, DataError
+from edgeport.pipeline.compress.configs import Distill
+from edgeport.pipeline.compress.context import CompressContext
+
+
+def training_data(config: Distill, context: CompressContext) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    if config.data is None:
+        raise ConfigError("distill needs a training data source: set data = \"digits\" or data = \"npy\" with path")
+    if config.data == "digits":
+        from edgeport.calibration.digits import digits_split
+
+        x_train, y_train, _, _ = digits_split()
+        return {context.inputs[0].name: x_train}, y_train
+    if not config.path:
+        raise ConfigError("distill: data = \"npy\" needs path (an .npz with one array per input, optional `labels`)")
+    path = context.base_dir / config.path
+    if not path.is_file():
+        raise DataError(f"distill: training data not found: {path}")
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    labels = arrays.pop("labels", None)
+    missing = [s.name for s in context.inputs if s.name not in arrays]
+    if missing:
+        raise DataError(f"distill: {path} has no array for input(s) {', '.join(missing)}")
+    return arrays, labels
+
+
+def soft_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) on temperature-softened outputs, times T^2 to keep gradient scale."""
+    return nn.functional.kl_div(
+        nn.functional.log_softmax(student / temperature, dim=-1),
+        nn.functional.log_softmax(teacher / temperature, dim=-1), log_target=True, reduction="batchmean",
+    ) * temperature**2
+
+
+def first(output) -> torch.Tensor:
+    return output if isinstance(output, torch.Tensor) else output[0]
+
+
+def distill(model: nn.Module, config: Distill, context: CompressContext):
+    arrays, labels = training_data(config, context)
+    names = [s.name for s in context.inputs]
+    total = len(arrays[names[0]])
+    rng = np.random.default_rng(config.seed)
+    order = rng.permutation(total)
+    n_val = max(1, int(total * config.validation_fraction))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    tensors = {n: torch.from_numpy(np.ascontiguousarray(arrays[n])) for n in names}
+    y = torch.from_numpy(labels.astype(np.int64)) if labels is not None else None
+    alpha = config.alpha if y is not None else 1.0
+
+    teacher = context.teacher.eval()
+    with torch.no_grad():
+        teacher_out = torch.cat([first(teacher(*(tensors[n][i : i + 256] for n in names))) for i in range(0, total, 256)])
+
+    def evaluate() -> float:
+        """Validation accuracy with labels, else agreement with the teacher's top-1."""
+        model.eval()
+        with torch.no_grad():
+            out = first(model(*(tensors[n][val_idx] for n in names)))
+        target = y[val_idx] if y is not None else teacher_out[val_idx].argmax(-1)
+        return float((out.argmax(-1) == target).float().mean())
+
+    torch.manual_seed(config.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    best_score, best_state, history = evaluate(), copy.deepcopy(model.state_dict()), []
+    for epoch in range(config.epochs):
+        model.train()
+        for batch in torch.from_numpy(rng.permutation(train_idx)).split(config.batch_size):
+            optimizer.zero_grad()
+            out = first(model(*(tensors[n][batch] for n in names)))
+            loss = alpha * soft_loss(out, teacher_out[batch], config.temperature)
+            if y is not None and alpha < 1:
+                loss = loss + (1 - alpha) * nn.functional.cross_entropy(out, y[batch])
+            loss.backward()
+            optimizer.step()
+        score = evaluate()
+        history.append(round(score, 4))
+        if score > best_score:
+            best_score, best_state = score, copy.deepcopy(model.state_dict())
+        context.progress(f"distill epoch {epoch + 1}/{config.epochs}: validation {score:.2%} (best {best_score:.2%})")
+    model.load_state_dict(best_state)
+    return model.eval(), {"validation_score": best_score, "history": history, "alpha": alpha,
+                          "train_samples": len(train_idx), "validation_samples": n_val}
