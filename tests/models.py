@@ -108,3 +108,59 @@ def write_photo_crops(folder, n: int = 96, size: int = 16) -> None:
             y, x = rng.integers(0, image.shape[0] - size), rng.integers(0, image.shape[1] - size)
             crops.append(image[y : y + size, x : x + size].transpose(2, 0, 1) / 255.0)
     np.save(folder / "crops.npy", np.asarray(crops, np.float32))
+
+
+class ResidualNet(nn.Module):
+    """Conv blocks with a residual add: channel pruning must keep both branches consistent."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1)
+        self.block = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.stem(x))
+        return self.head(torch.relu(h + self.block(h)))
+
+
+def residual_net() -> ResidualNet:
+    torch.manual_seed(0)
+    return ResidualNet().eval()
+
+
+class WideMLP(nn.Module):
+    """512-wide MLP whose layers have the decaying spectrum of trained layers (low rank plus noise)."""
+
+    def __init__(self, rank: int = 24, noise: float = 0.02):
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+        for layer in self.net:
+            if isinstance(layer, nn.Linear):
+                out_dim, in_dim = layer.weight.shape
+                low = torch.randn(out_dim, rank, generator=generator) @ torch.randn(rank, in_dim, generator=generator)
+                low /= (rank * in_dim) ** 0.5
+                layer.weight.data = low + noise * torch.randn(out_dim, in_dim, generator=generator) / in_dim**0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def wide_mlp() -> WideMLP:
+    return WideMLP().eval()
+
+
+class NotTraceable(nn.Module):
+    """Its output does not depend on its weights through autograd: torch-pruning finds no graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).detach().flatten(1)
+
+
+def not_traceable() -> NotTraceable:
+    return NotTraceable().eval()

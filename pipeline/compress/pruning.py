@@ -22,6 +22,7 @@ def prune_structured(model: torch.nn.Module, config: PruneStructured, context: C
     importance = {"l1": lambda: tp.importance.MagnitudeImportance(p=1),
                   "l2": lambda: tp.importance.MagnitudeImportance(p=2),
                   "taylor": tp.importance.TaylorImportance}[config.importance]()
+    before = sum(p.numel() for p in model.parameters())
     try:
         warnings.filterwarnings("ignore", module="torch_pruning")
         pruner = tp.pruner.MetaPruner(
@@ -37,6 +38,9 @@ def prune_structured(model: torch.nn.Module, config: PruneStructured, context: C
         raise ConfigError(f"prune-structured: torch-pruning cannot trace this model ({e.__class__.__name__}: "
                           f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no message'})") from e
     model.zero_grad(set_to_none=True)
+    if config.ratio > 0 and sum(p.numel() for p in model.parameters()) == before:
+        raise ConfigError("prune-structured: torch-pruning cannot trace this model's layers through autograd "
+                          "(no channel group found); nothing was pruned")
     return model.eval(), {"ignored": ignore_names, "importance": config.importance}
 
 
