@@ -116,6 +116,8 @@ def finish(result, as_json: bool) -> None:
 
         out.print(results_table(result))
         out.print(f"run folder: {result.run_dir}\nreport:     {result.reports['report.md']}", highlight=False)
+        for bundle in result.bundles:
+            out.print(f"bundle:     {bundle}", highlight=False)
     if result.failures:
         for failure in result.failures:
             err.print(f"[red]verification failed:[/red] {escape(failure)}", highlight=False)
@@ -260,6 +262,33 @@ def bench(
         from edgeport.cli_tables import bench_table
 
         out.print(bench_table(results))
+
+
+@app.command("package")
+def package_command(
+    run_dir: Annotated[str, typer.Argument(metavar="RUN | verify", help="a finished run folder, or `verify`")],
+    bundle: Annotated[Optional[Path], typer.Argument(help="with `verify`: the bundle folder or archive")] = None,
+    target: Annotated[Optional[list[str]], typer.Option("--target", "-t", help="only this target (repeatable)")] = None,
+    precision: Annotated[Optional[list[str]], typer.Option("--precision", "-p", help="these precisions")] = None,
+    output: Annotated[Optional[Path], typer.Option("--out", help="a folder, or FILE.tar.gz / FILE.zip")] = None,
+) -> None:
+    """Bundle verified artifacts for an app (`package RUN`), or check one (`package verify BUNDLE`)."""
+    from edgeport.pipeline.bundle_io import verify_bundle
+    from edgeport.pipeline.package import package
+
+    try:
+        if run_dir == "verify":
+            if bundle is None:
+                raise EdgeportError("usage: edgeport package verify BUNDLE")
+            manifest = verify_bundle(bundle)
+            out.print(f"[green]ok[/green] {bundle}: {manifest['target']} {manifest['precision']}, "
+                      f"{len(manifest['files'])} files match the manifest; the model loads and takes the recorded inputs",
+                      highlight=False)
+            return
+        for path in package(Path(run_dir), target, precision, output):
+            out.print(f"bundle: {path}", highlight=False)
+    except EdgeportError as e:
+        raise fail(e) from None
 
 
 @app.command("targets")

@@ -52,13 +52,17 @@ def train(model: nn.Module, epochs: int = 30, seed: int = 0) -> nn.Module:
 
 def trained_cnn() -> DigitsCNN:
     """The demo model: trained on first use, then loaded from the cache."""
-    path = cache_dir() / "digits_cnn-v1.pt"
+    path = cache_dir() / "digits_cnn-v2.pt"
     model = DigitsCNN()
     if path.is_file():
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model.eval()
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    train(model)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: the same weights on every machine, whatever else is loaded
+    try:
+        train(model)
+    finally:
+        torch.set_num_threads(threads)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save(model.state_dict(), tmp)

@@ -17,13 +17,28 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class Preprocessing(Strict):
+    """How an app turns a raw image into the model's input; recorded in every bundle's manifest."""
+
+    resize: list[int] | None = Field(None, description="[height, width] to resize to first")
+    center_crop: list[int] | None = Field(None, description="[height, width] cut from the centre after resizing")
+    scale: float = Field(1.0, description="multiplies raw 8-bit pixel values (1/255 gives [0, 1])")
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    channel_order: Literal["RGB", "BGR", "gray"] = "RGB"
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+
+
 class ModelConfig(Strict):
     source: str = Field(description="pkg.module:factory, path/to/file.py:factory, model.pt (TorchScript) or model.pt2")
     weights: str | None = Field(None, description="a state_dict file loaded into the factory's model")
     trust_model: bool = Field(False, description="allow loading a fully pickled model (can run arbitrary code)")
     inputs: list[TensorSpec]
     output_names: list[str] = Field(default_factory=list)
-    labels: str | None = None
+    labels: str | None = Field(None, description="a text file, one class name per line")
+    name: str | None = Field(None, description="model name for bundles (default: the run name)")
+    version: str = "1"
+    preprocessing: Preprocessing | None = None
 
     @field_validator("inputs")
     @classmethod
@@ -128,6 +143,11 @@ class BenchConfig(Strict):
 from edgeport.pipeline.compress.configs import CompressConfig  # noqa: E402
 
 
+class PackageConfig(Strict):
+    enabled: bool = Field(True, description="write a bundle per target after the run")
+    precisions: list[str] | None = Field(None, description="bundle these precisions (default: the fastest verified)")
+
+
 class RunConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     runs_dir: str = "runs"
@@ -137,6 +157,7 @@ class RunConfig(Strict):
     targets: dict[str, dict] = Field(default_factory=lambda: {"onnxruntime": {}})
     verify: VerifyConfig = VerifyConfig()
     bench: BenchConfig = BenchConfig()
+    package: PackageConfig = PackageConfig()
 
     # Where relative paths in the file are resolved from (the config file's folder).
     base_dir: Path = Field(Path("."), exclude=True)

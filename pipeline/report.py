@@ -52,6 +52,7 @@ def report_json(result) -> dict:
     return {
         "schema_version": SCHEMA_VERSION,
         "run": result.config.name,
+        "model": result.model_info,
         "baseline": {
             "target": "pytorch", "precision": "fp32",
             "verify": {"accuracy": result.reference_accuracy},
@@ -61,7 +62,7 @@ def report_json(result) -> dict:
             {
                 "id": r.artifact.id, "target": r.artifact.target, "precision": r.artifact.precision,
                 "converter": r.artifact.converter, "format": r.artifact.format, "size_bytes": r.artifact.size_bytes,
-                "path": str(r.artifact.root),
+                "path": f"artifacts/{r.artifact.root.name}",  # relative to the run folder
                 "files": [{"path": f"{r.artifact.root.name}/{f.path}", "sha256": f.sha256, "size_bytes": f.size_bytes}
                           for f in r.artifact.files],
                 "inputs": [s.model_dump() for s in r.artifact.inputs],

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from edgeport import targets
 from edgeport.calibration import build_sets, load_set, save_set
-from edgeport.errors import EdgeportError
+from edgeport.errors import ConfigError, EdgeportError
 from edgeport.pipeline.config import RunConfig, to_toml
 from edgeport.pipeline.interchange import OPSET, export_onnx
 from edgeport.pipeline.model_loading import LoadedModel, load_model
@@ -42,6 +42,8 @@ class RunResult:
     built: list[str] = field(default_factory=list)
     reports: dict[str, Path] = field(default_factory=dict)
     compression: list[dict] = field(default_factory=list)
+    model_info: dict = field(default_factory=dict)
+    bundles: list[Path] = field(default_factory=list)
 
     @property
     def failures(self) -> list[str]:
@@ -215,6 +217,19 @@ class Run:
 
         return self.stages.record("verify", "verify/pytorch-fp32.json", key, compute)["accuracy"]
 
+    def model_info(self) -> dict:
+        """What a bundle's manifest says about the model."""
+        m = self.config.model
+        labels = None
+        if m.labels:
+            path = self.config.resolve_path(m.labels)
+            if not path.is_file():
+                raise ConfigError(f"model.labels file not found: {path}")
+            labels = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        return {"name": m.name or self.config.name, "version": m.version, "source": m.source,
+                "sha256": self.model.digest, "labels": labels,
+                "preprocessing": m.preprocessing.model_dump() if m.preprocessing else None}
+
     def bench_settings(self) -> dict:
         b = self.config.bench
         return {"iterations": b.iterations, "min_seconds": b.min_seconds, "warmup": b.warmup, "threads": threads_of(self.config)}
@@ -276,8 +291,14 @@ def run(config: RunConfig, on_event: Listener | None = None, rebuild: bool = Fal
             if r.verify is None or r.verify.passed:  # a failed export is not worth timing
                 r.bench = job.bench(r.artifact)
     if until == "report":
+        from edgeport.pipeline.package import package
         from edgeport.pipeline.report import write_reports
 
+        outcome.model_info = job.model_info()
         outcome.reports = write_reports(outcome)
+        if config.package.enabled and any(r.verify and r.verify.passed for r in results):
+            job.emit(Event("start", "package", "bundles"))
+            outcome.bundles = package(job.run_dir, precisions=config.package.precisions)
+            job.emit(Event("done", "package", "bundles"))
     outcome.built = job.stages.built
     return outcome

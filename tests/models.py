@@ -37,11 +37,16 @@ def digits_transformer() -> DigitsTransformer:
     """Trained on the digits train split once per cache folder (a few seconds)."""
     torch.manual_seed(0)
     model = DigitsTransformer()
-    path = cache_dir() / "digits_transformer-v1.pt"
+    path = cache_dir() / "digits_transformer-v2.pt"
     if path.is_file():
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval()
-    train(model, epochs=40)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # deterministic weights
+    try:
+        train(model, epochs=40)
+    finally:
+        torch.set_num_threads(threads)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save(model.state_dict(), tmp)

@@ -46,8 +46,8 @@ class Distill(Step):
     method: Literal["distill"] = "distill"
     data: Literal["digits", "npy"] | None = Field(None, description="training data source (required)")
     path: str | None = Field(None, description=".npz with input arrays (and `labels`) for data = 'npy'")
-    epochs: int = Field(15, gt=0)
-    lr: float = Field(1e-3, gt=0)
+    epochs: int = Field(30, gt=0)
+    lr: float = Field(2e-3, gt=0, description="peak of a one-cycle schedule")
     batch_size: int = Field(64, gt=0)
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.7, ge=0, le=1, description="weight of the soft (teacher) loss; the rest is task loss")

@@ -63,16 +63,19 @@ def distill(model: nn.Module, config: Distill, context: CompressContext):
     with torch.no_grad():
         teacher_out = torch.cat([first(teacher(*(tensors[n][i : i + 256] for n in names))) for i in range(0, total, 256)])
 
-    def evaluate() -> float:
-        """Validation accuracy with labels, else agreement with the teacher's top-1."""
+    def evaluate() -> tuple[float, float]:
+        """(validation accuracy, -soft loss): accuracy with labels, else top-1 agreement with the
+        teacher; a small validation set ties often, and the closer match to the teacher breaks it."""
         model.eval()
         with torch.no_grad():
             out = first(model(*(tensors[n][val_idx] for n in names)))
         target = y[val_idx] if y is not None else teacher_out[val_idx].argmax(-1)
-        return float((out.argmax(-1) == target).float().mean())
+        return float((out.argmax(-1) == target).float().mean()), -float(soft_loss(out, teacher_out[val_idx], 1.0))
 
     torch.manual_seed(config.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    steps = config.epochs * -(-len(train_idx) // config.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps)
     best_score, best_state, history = evaluate(), copy.deepcopy(model.state_dict()), []
     for epoch in range(config.epochs):
         model.train()
@@ -84,11 +87,12 @@ def distill(model: nn.Module, config: Distill, context: CompressContext):
                 loss = loss + (1 - alpha) * nn.functional.cross_entropy(out, y[batch])
             loss.backward()
             optimizer.step()
+            schedule.step()
         score = evaluate()
-        history.append(round(score, 4))
+        history.append(round(score[0], 4))
         if score > best_score:
             best_score, best_state = score, copy.deepcopy(model.state_dict())
-        context.progress(f"distill epoch {epoch + 1}/{config.epochs}: validation {score:.2%} (best {best_score:.2%})")
+        context.progress(f"distill epoch {epoch + 1}/{config.epochs}: validation {score[0]:.2%} (best {best_score[0]:.2%})")
     model.load_state_dict(best_state)
-    return model.eval(), {"validation_score": best_score, "history": history, "alpha": alpha,
+    return model.eval(), {"validation_score": best_score[0], "history": history, "alpha": alpha,
                           "train_samples": len(train_idx), "validation_samples": n_val}
