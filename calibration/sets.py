@@ -60,12 +60,115 @@ def read_npy(path: Path, specs: list[TensorSpec]) -> tuple[dict[str, np.ndarray]
     return arrays, labels
 
 
+def read_callable(target: str, specs: list[TensorSpec], wanted: int, base_dir: Path):
+    """`pkg.module:function` (or file.py:function) yielding one dict of input arrays per sample."""
+    import importlib
+    import importlib.util
+    import itertools
+
+    module_name, _, attr = target.rpartition(":")
+    if not module_name or not attr:
+        raise DataError(f"data.function {target!r} is malformed; expected pkg.module:function or file.py:function")
+    try:
+        if module_name.endswith(".py"):
+            spec = importlib.util.spec_from_file_location("edgeport_user_data", base_dir / module_name)
+            if spec is None or not (base_dir / module_name).is_file():
+                raise DataError(f"data.function file not found: {base_dir / module_name}")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+        function = getattr(module, attr)
+    except (ImportError, AttributeError) as e:
+        raise DataError(f"data.function {target!r}: {e}") from e
+    samples = list(itertools.islice(function(), wanted))
+    if not samples or not all(isinstance(s, dict) for s in samples):
+        raise DataError(f"data.function {target!r} must yield dicts of input name -> array")
+    arrays = {}
+    for s in specs:
+        if s.name not in samples[0]:
+            raise DataError(f"data.function {target!r}: its dicts have no {s.name!r} (found {', '.join(samples[0])})")
+        rank = len(s.shape)
+        arrays[s.name] = np.concatenate([np.asarray(x[s.name])[None] if np.ndim(x[s.name]) == rank - 1
+                                         else np.asarray(x[s.name]) for x in samples]).astype(s.dtype)
+    labels = np.asarray([x["labels"] for x in samples]).reshape(-1) if "labels" in samples[0] else None
+    return arrays, labels
+
+
+def sample_hashes(arrays: dict[str, np.ndarray]) -> list[str]:
+    names = sorted(arrays)
+    return [hashlib.sha256(b"".join(np.ascontiguousarray(arrays[n][i]).tobytes() for n in names)).hexdigest()
+            for i in range(len(arrays[names[0]]))]
+
+
+def check_disjoint(calib: dict[str, np.ndarray], evaluation: dict[str, np.ndarray]) -> None:
+    overlap = set(sample_hashes(calib)) & set(sample_hashes(evaluation))
+    if overlap:
+        raise DataError(f"{len(overlap)} sample(s) are in both the calibration and the evaluation set; "
+                        "evaluation must use data the calibration never saw")
+
+
+def read_pool(source: str, path: Path | None, specs: list[TensorSpec], preprocessing: dict | None,
+              function: str | None, wanted: int, base_dir: Path):
+    """(arrays by input name, labels or None) from one of the pooled sources."""
+    if source == "npy":
+        if path is None:
+            raise DataError("data.source = 'npy' needs data.path (a .npy or .npz file)")
+        return read_npy(path, specs)
+    if source == "images":
+        from edgeport.calibration.images import read_folder
+
+        if path is None:
+            raise DataError("data.source = 'images' needs data.path (a folder of images)")
+        images, labels = read_folder(path, preprocessing or {})
+        return {specs[0].name: images.astype(specs[0].dtype)}, labels
+    if source == "callable":
+        if not function:
+            raise DataError("data.source = 'callable' needs data.function (pkg.module:function)")
+        return read_callable(function, specs, wanted, base_dir)
+    raise DataError(f"unknown data source {source!r}; choose digits, npy, images, callable or random")
+
+
 def build_sets(
     source: str, specs: list[TensorSpec], calibration_samples: int, eval_samples: int, seed: int,
-    path: Path | None = None,
+    path: Path | None = None, preprocessing: dict | None = None, function: str | None = None,
+    eval_path: Path | None = None, base_dir: Path = Path("."),
 ) -> tuple[CalibrationSet, CalibrationSet]:
-    """(calibration, evaluation): disjoint, chosen with `seed`, checked against the input specs."""
+    """(calibration, evaluation): disjoint, chosen with `seed`, checked against the input specs.
+    With `eval_path`, evaluation comes from that second source of the same kind."""
     rng = np.random.default_rng(seed)
+    if source in ("npy", "images", "callable"):
+        arrays, labels = read_pool(source, path, specs, preprocessing, function,
+                                   calibration_samples + (eval_samples or 100_000), base_dir)
+        where = str(path or function)
+        check_arrays(arrays, specs, where)
+        total = len(next(iter(arrays.values())))
+        if eval_path is not None:
+            if calibration_samples > total:
+                raise DataError(f"{where}: {total} samples found; asked for {calibration_samples} calibration samples")
+            cal_idx = np.sort(rng.permutation(total)[:calibration_samples])
+            calib = {k: v[cal_idx] for k, v in arrays.items()}
+            ev_arrays, ev_labels = read_pool(source, eval_path, specs, preprocessing, function, 100_000, base_dir)
+            check_arrays(ev_arrays, specs, str(eval_path))
+            n_eval = min(eval_samples or len(next(iter(ev_arrays.values()))), len(next(iter(ev_arrays.values()))))
+            evaluation = {k: v[:n_eval] for k, v in ev_arrays.items()}
+            eval_labels = ev_labels[:n_eval] if ev_labels is not None else None
+            check_disjoint(calib, evaluation)
+            return (make_set(calib, None, f"{source}:{where}", seed),
+                    make_set(evaluation, eval_labels, f"{source}:{eval_path}", seed))
+        n_eval = eval_samples or max(total - calibration_samples, 0)
+        if calibration_samples + n_eval > total or n_eval == 0:
+            raise DataError(
+                f"{where}: {total} samples found; asked for {calibration_samples} calibration + "
+                f"{n_eval or 'at least 1'} evaluation samples (they must not overlap)"
+            )
+        order = rng.permutation(total)
+        cal_idx, eval_idx = np.sort(order[:calibration_samples]), np.sort(order[calibration_samples : calibration_samples + n_eval])
+        calib = {k: v[cal_idx] for k, v in arrays.items()}
+        evaluation = {k: v[eval_idx] for k, v in arrays.items()}
+        check_disjoint(calib, evaluation)
+        return (make_set(calib, None, f"{source}:{where}", seed),
+                make_set(evaluation, labels[eval_idx] if labels is not None else None, f"{source}:{where}", seed))
     if source == "digits":
         from edgeport.calibration.digits import digits_split
 
@@ -78,24 +181,6 @@ def build_sets(
         n_eval = eval_samples or len(x_test)
         evaluation, eval_labels = {specs[0].name: x_test[:n_eval]}, y_test[:n_eval]
         name = "digits"
-    elif source == "npy":
-        if path is None:
-            raise DataError("data.source = 'npy' needs data.path (a .npy or .npz file)")
-        arrays, labels = read_npy(path, specs)
-        check_arrays(arrays, specs, str(path))
-        total = len(next(iter(arrays.values())))
-        n_eval = eval_samples or max(total - calibration_samples, 0)
-        if calibration_samples + n_eval > total or n_eval == 0:
-            raise DataError(
-                f"{path}: {total} samples found; asked for {calibration_samples} calibration + "
-                f"{n_eval or 'at least 1'} evaluation samples (they must not overlap)"
-            )
-        order = rng.permutation(total)
-        cal_idx, eval_idx = np.sort(order[:calibration_samples]), np.sort(order[calibration_samples : calibration_samples + n_eval])
-        calib = {k: v[cal_idx] for k, v in arrays.items()}
-        evaluation = {k: v[eval_idx] for k, v in arrays.items()}
-        eval_labels = labels[eval_idx] if labels is not None else None
-        name = f"npy:{path.name}"
     elif source == "random":
         log.warning("data.source = 'random': int8 scales calibrated on noise are meaningless; use real data")
         calib = {s.name: rng.standard_normal((calibration_samples, *s.concrete_shape()[1:])).astype(s.dtype) for s in specs}
@@ -104,7 +189,7 @@ def build_sets(
         eval_labels = None
         name = "random"
     else:
-        raise DataError(f"unknown data source {source!r}; choose digits, npy or random")
+        raise DataError(f"unknown data source {source!r}; choose digits, npy, images, callable or random")
     return make_set(calib, None, name, seed), make_set(evaluation, eval_labels, name, seed)
 
 

@@ -51,8 +51,11 @@ class ModelConfig(Strict):
 
 
 class DataConfig(Strict):
-    source: Literal["digits", "npy", "random"] = "digits"
-    path: str | None = Field(None, description=".npy or .npz file for source = 'npy'")
+    source: Literal["digits", "npy", "images", "callable", "random"] = "digits"
+    path: str | None = Field(None, description=".npy/.npz file (npy) or a folder of images (images)")
+    eval_path: str | None = Field(None, description="a separate evaluation source of the same kind")
+    function: str | None = Field(None, description="pkg.module:function yielding input dicts (callable)")
+    preprocessing: Preprocessing | None = Field(None, description="for images (default: model.preprocessing)")
     calibration_samples: int = Field(256, gt=0)
     eval_samples: int = Field(0, ge=0, description="0 = every held-out sample")
     seed: int = 0

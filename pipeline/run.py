@@ -50,6 +50,20 @@ class RunResult:
         return [f"{r.artifact.label}: {f}" for r in self.artifacts if r.verify for f in r.verify.failures]
 
 
+def content_hash(path: Path | None) -> str | None:
+    """A file's sha256, or for a folder the hash of every file's name and content (the cache key of data)."""
+    if path is None or not path.exists():
+        return None
+    if path.is_file():
+        return sha256_file(path)
+    import hashlib
+
+    digest = hashlib.sha256()
+    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+        digest.update(p.relative_to(path).as_posix().encode() + bytes.fromhex(sha256_file(p)))
+    return digest.hexdigest()
+
+
 def threads_of(config: RunConfig) -> int:
     return config.bench.threads or os.cpu_count() or 1
 
@@ -109,12 +123,18 @@ class Run:
     def data(self) -> tuple[CalibrationSet, CalibrationSet]:
         data = self.config.data
         path = self.config.resolve_path(data.path) if data.path else None
-        key = {"data": data.model_dump(), "file": sha256_file(path) if path and path.is_file() else None,
+        eval_path = self.config.resolve_path(data.eval_path) if data.eval_path else None
+        preprocessing = data.preprocessing or self.config.model.preprocessing
+        key = {"data": data.model_dump(), "content": [content_hash(p) for p in (path, eval_path)],
+               "preprocessing": preprocessing.model_dump() if preprocessing else None,
                "inputs": [s.model_dump() for s in self.config.model.inputs]}
 
         def build(folder: Path) -> None:
-            calib, evaluation = build_sets(data.source, self.config.model.inputs, data.calibration_samples,
-                                           data.eval_samples, data.seed, path)
+            calib, evaluation = build_sets(
+                data.source, self.config.model.inputs, data.calibration_samples, data.eval_samples, data.seed, path,
+                preprocessing=preprocessing.model_dump() if preprocessing else None, function=data.function,
+                eval_path=eval_path, base_dir=self.config.base_dir,
+            )
             save_set(calib, folder / "calibration.npz")
             save_set(evaluation, folder / "evaluation.npz")
 

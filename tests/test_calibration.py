@@ -1,0 +1,104 @@
+"""Calibration data sources: image folders, arrays, callables; bad data is one line and exit 2."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from edgeport import load_config, run
+from edgeport.calibration.digits import digits_split
+from edgeport.cli import app
+from tests.conftest import write_config
+
+PRE = "preprocessing = { scale = 0.00392156862745098, channel_order = \"gray\", layout = \"NCHW\" }\n"
+ORT_INT8 = '[targets.onnxruntime]\nprecisions = ["int8"]\n'
+
+
+def write_digit_folders(root, images: np.ndarray, labels: np.ndarray) -> None:
+    """Digits as 8-bit PNG files, one sub-folder per class."""
+    for i, (image, label) in enumerate(zip(images, labels)):
+        folder = root / f"class_{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.round(image[0] * 255).astype(np.uint8)).save(folder / f"{i:04d}.png")
+
+
+def one_line_error(tmp_path, data: str, pattern: str, targets: str = ORT_INT8):
+    out = CliRunner().invoke(app, ["run", str(write_config(tmp_path, data=data, targets=targets))])
+    assert out.exit_code == 2, out.output
+    lines = [ln for ln in out.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and pattern in lines[0], out.output
+
+
+@pytest.mark.onnxruntime
+@pytest.mark.slow
+def test_image_folder_calibrates_like_the_array_source(tmp_path, model_cache):
+    x_train, y_train, x_test, y_test = digits_split()
+    write_digit_folders(tmp_path / "train", x_train, y_train)
+    write_digit_folders(tmp_path / "test", x_test, y_test)
+    folder = ('[data]\nsource = "images"\npath = "train"\neval_path = "test"\ncalibration_samples = 256\n' + PRE)
+    from_images = run(load_config(write_config(tmp_path, data=folder, targets=ORT_INT8, name="img")), until="verify")
+    (tmp_path / "arr").mkdir()
+    from_arrays = run(load_config(write_config(tmp_path / "arr", data='[data]\nsource = "digits"\ncalibration_samples = 256\n',
+                                               targets=ORT_INT8, name="arr")), until="verify")
+    a, b = from_images.artifacts[0].verify, from_arrays.artifacts[0].verify
+    assert a.samples == b.samples == len(y_test) and a.passed and b.passed
+    assert abs(a.accuracy - b.accuracy) * 100 <= 0.5, (a.accuracy, b.accuracy)
+
+
+def test_callable_source(tmp_path, model_cache):
+    (tmp_path / "feed.py").write_text(
+        "import numpy as np\n"
+        "def samples():\n"
+        "    rng = np.random.default_rng(0)\n"
+        "    for i in range(300):\n"
+        "        yield {'image': rng.random((1, 8, 8), dtype=np.float32), 'labels': i % 10}\n")
+    data = '[data]\nsource = "callable"\nfunction = "feed.py:samples"\ncalibration_samples = 100\neval_samples = 50\n'
+    result = run(load_config(write_config(tmp_path, data=data, targets='[targets.onnxruntime]\nprecisions = ["fp32"]\n')),
+                 until="verify")
+    assert result.artifacts[0].verify.samples == 50 and result.artifacts[0].verify.passed
+
+
+def test_empty_folder(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    one_line_error(tmp_path, '[data]\nsource = "images"\npath = "imgs"\n' + PRE, "no images")
+
+
+def test_unreadable_image(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "broken.png").write_bytes(b"not a png at all")
+    one_line_error(tmp_path, '[data]\nsource = "images"\npath = "imgs"\n' + PRE, "broken.png: cannot read this image")
+
+
+def test_mixed_sizes_without_resize(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    Image.new("L", (8, 8)).save(tmp_path / "imgs" / "a.png")
+    Image.new("L", (9, 8)).save(tmp_path / "imgs" / "b.png")
+    one_line_error(tmp_path, '[data]\nsource = "images"\npath = "imgs"\n' + PRE, "set resize")
+
+
+def test_inf_in_npy(tmp_path):
+    data = np.random.default_rng(0).random((300, 1, 8, 8), dtype=np.float32)
+    data[3, 0, 0, 0] = np.inf
+    np.save(tmp_path / "x.npy", data)
+    one_line_error(tmp_path, '[data]\nsource = "npy"\npath = "x.npy"\ncalibration_samples = 64\n', "NaN or Inf")
+
+
+def test_fewer_samples_than_asked_names_the_count(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((40, 1, 8, 8), np.float32))
+    one_line_error(tmp_path, '[data]\nsource = "npy"\npath = "x.npy"\ncalibration_samples = 64\n', "40 samples found")
+
+
+def test_overlap_between_calibration_and_evaluation(tmp_path):
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((300, 1, 8, 8), dtype=np.float32))
+    one_line_error(tmp_path, '[data]\nsource = "npy"\npath = "x.npy"\neval_path = "x.npy"\ncalibration_samples = 64\n',
+                   "are in both the calibration and the evaluation set")
+
+
+def test_random_source_warns(tmp_path, caplog, model_cache):
+    data = '[data]\nsource = "random"\ncalibration_samples = 16\neval_samples = 8\n'
+    with caplog.at_level("WARNING", logger="edgeport"):
+        run(load_config(write_config(tmp_path, data=data, targets='[targets.onnxruntime]\nprecisions = ["fp32"]\n')),
+            until="export")
+    assert "meaningless" in caplog.text
