@@ -291,6 +291,43 @@ def package_command(
         raise fail(e) from None
 
 
+@app.command("calibrate")
+def calibrate_command(
+    what: Annotated[str, typer.Argument(metavar="CONFIG | report", help="a run config, or `report`")],
+    run_dir: Annotated[Optional[Path], typer.Argument(help="with `report`: a finished run folder")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Calibrate and quantize alone and show each int8 artifact's error (`calibrate CONFIG`), or the
+    ten most sensitive layers of a run (`calibrate report RUN`)."""
+    setup_logging(verbose)
+    from rich.table import Table
+
+    try:
+        if what == "report":
+            if run_dir is None or not (run_dir / "report.json").is_file():
+                raise EdgeportError(f"usage: edgeport calibrate report RUN (no report.json in {run_dir})")
+            report = json.loads((run_dir / "report.json").read_text())
+            shown = [a for a in report["artifacts"] if a.get("sensitivity")]
+            if not shown:
+                out.print("no per-layer sensitivity in this run (ONNX Runtime int8 artifacts have it)")
+            for a in shown:
+                table = Table("rank", "tensor", "op", "output SQNR (dB)", title=f"{a['target']}/{a['precision']}: worst layers")
+                for i, s in enumerate(a["sensitivity"][:10], 1):
+                    table.add_row(str(i), s["tensor"], s["op"], f"{s['output_sqnr_db']:.1f}")
+                out.print(table)
+            return
+        from edgeport.cli_progress import progress_listener
+        from edgeport.cli_tables import verify_table
+        from edgeport.pipeline.run import run as run_pipeline
+
+        cfg = load(Path(what))
+        with progress_listener(err, verbose) as listener:
+            result = run_pipeline(cfg, listener, until="verify")
+        out.print(verify_table([r.verify for r in result.artifacts if r.verify]))
+    except EdgeportError as e:
+        raise fail(e) from None
+
+
 @app.command("targets")
 def list_targets(as_json: JsonOpt = False) -> None:
     """List the targets and whether each runtime is installed (imports no backend)."""

@@ -65,6 +65,9 @@ class OnnxRuntimeOptions(Strict):
     precisions: list[Literal["fp32", "int8"]] = ["fp32", "int8"]
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     per_channel: bool = True
+    min_cosine: float | None = Field(None, gt=0, le=1, description="accuracy-aware int8: keep the most sensitive "
+                                     "layers in float until the int8 output cosine on calibration data reaches this")
+    max_float_layers: int = Field(4, ge=0, description="accuracy-aware: at most this many layers kept in float")
 
 
 class OpenVinoOptions(Strict):

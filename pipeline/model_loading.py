@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -42,6 +43,10 @@ def import_factory(source: str, base_dir: Path):
         sys.modules[spec.name] = module
         spec.loader.exec_module(module)
     elif MODULE_PATH.match(target):
+        # Like `python -m`, look in the config's folder and the working folder too.
+        for folder in (str(base_dir), os.getcwd()):
+            if folder not in sys.path:
+                sys.path.append(folder)
         try:
             module = importlib.import_module(target)
         except ModuleNotFoundError as e:

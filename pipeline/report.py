@@ -69,6 +69,7 @@ def report_json(result) -> dict:
                 "outputs": [s.model_dump() for s in r.artifact.outputs],
                 "options": r.artifact.options,
                 "verify": r.verify.summary() if r.verify else None,
+                "sensitivity": r.sensitivity[:10],
                 "bench": [bench_dict(b) for b in r.bench],
             }
             for r in result.artifacts
@@ -120,6 +121,22 @@ def report_md(result, rows: list[dict]) -> str:
               "in a fresh process each, inputs bound once. OpenVINO rows use OpenVINO's own per-request clock "
               "(as benchmark_app reports); the others a wall clock around the runtime call, which includes a few "
               "microseconds of Python binding.", ""]
+    for r in result.artifacts:
+        if r.sensitivity:
+            lines += ["", f"## int8 sensitivity: {r.artifact.label}", "",
+                      "Output SQNR when only that tensor is quantized with its calibrated scale (lower = the layer "
+                      "costs more; keep the worst in float with `min_cosine` in the target's options).", "",
+                      "| tensor | op | output SQNR (dB) |", "|---|---|---:|"]
+            lines += [f"| {s['tensor']} | {s['op']} | {s['output_sqnr_db']:.1f} |" for s in r.sensitivity[:10]]
+            aware = r.artifact.options.get("quantization", {}).get("accuracy_aware")
+            if aware:
+                lines += ["", f"Accuracy-aware: kept {', '.join(aware['float_tensors']) or 'nothing'} in float "
+                          f"(nodes {', '.join(aware['nodes_excluded']) or '—'}); calibration-data cosine "
+                          f"{aware['steps'][0]['cosine']:.5f} → {aware['steps'][-1]['cosine']:.5f}; size "
+                          f"{aware['size_bytes_all_int8'] / 1024:.1f} → {aware['size_bytes'] / 1024:.1f} KB."]
+            png = f"sensitivity-{r.artifact.target}-{r.artifact.precision}.png"
+            if (result.run_dir / png).exists():
+                lines += ["", f"![sensitivity]({png})"]
     if (result.run_dir / "latency_vs_accuracy.png").exists():
         lines += ["![latency vs accuracy](latency_vs_accuracy.png)", ""]
     return "\n".join(lines)
@@ -160,8 +177,30 @@ def plot(rows: list[dict], path: Path) -> bool:
     return True
 
 
+def sensitivity_chart(layers: list[dict], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    worst = layers[:10][::-1]
+    fig, ax = plt.subplots(figsize=(6.5, 0.35 * len(worst) + 1.2), dpi=110)
+    ax.barh([s["tensor"] for s in worst], [s["output_sqnr_db"] for s in worst], color="#c0504d")
+    ax.set_xlabel("output SQNR with only this tensor in int8 (dB, lower = more sensitive)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.partial.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
 def write_reports(result) -> dict[str, Path]:
     rows = table_rows(result)
+    for r in result.artifacts:
+        if r.sensitivity:
+            sensitivity_chart(r.sensitivity, f"int8 sensitivity, {r.artifact.label}",
+                              result.run_dir / f"sensitivity-{r.artifact.target}-{r.artifact.precision}.png")
     paths = {name: result.run_dir / name for name in ("report.json", "report.md", "results.csv")}
     png = result.run_dir / "latency_vs_accuracy.png"
     if plot(rows, png):

@@ -30,6 +30,7 @@ class ArtifactResult:
     artifact: Artifact
     verify: VerifyReport | None = None
     bench: list[BenchResult] = field(default_factory=list)
+    sensitivity: list[dict] = field(default_factory=list)  # per-layer int8 error, worst first
 
 
 @dataclass
@@ -213,6 +214,19 @@ class Run:
         report = self.stages.record("verify", f"verify/{artifact.target}-{artifact.precision}.json", key, compute)
         return VerifyReport.model_validate(report)
 
+    def sensitivity(self, artifact: Artifact) -> list[dict]:
+        """Per-layer int8 sensitivity (ONNX Runtime int8 artifacts), worst first; cached."""
+        if artifact.target != "onnxruntime" or artifact.precision != "int8":
+            return []
+        from edgeport.targets.onnxruntime import layer_sensitivity
+
+        parent = Artifact.load(self.run_dir / "artifacts" / "onnxruntime-fp32")
+        calibration = self.data()[0]
+        key = {"artifact": artifact.id, "parent": parent.id, "calibration": calibration.digest, "versions": self.versions}
+        result = self.stages.record("verify", "sensitivity/onnxruntime-int8.json", key, lambda: {
+            "layers": layer_sensitivity(parent.main_file, artifact.main_file, calibration)})
+        return result["layers"]
+
     def reference(self, evaluation: CalibrationSet):
         if self._reference is None:
             self._reference = reference_outputs(self.model.module, evaluation, self.model.inputs, self.config.verify.batch)
@@ -304,6 +318,7 @@ def run(config: RunConfig, on_event: Listener | None = None, rebuild: bool = Fal
         outcome.reference_accuracy = job.reference_accuracy()
         for r in results:
             r.verify = job.verify(r.artifact)
+            r.sensitivity = job.sensitivity(r.artifact)
     if STEPS.index(until) >= STEPS.index("bench"):
         if config.bench.baseline:
             outcome.baseline_bench = job.bench_baseline()

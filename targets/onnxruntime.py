@@ -36,7 +36,37 @@ class OnnxRuntimeTarget(Target):
         self, source: SourceModel, float_artifact: Artifact, calibration: CalibrationSet, precision: str,
         out_dir: Path, options: dict,
     ) -> Artifact:
+        """Static int8; with `min_cosine`, accuracy-aware: while the int8 model's outputs on the
+        calibration data fall below that cosine, the most sensitive layer is kept in float."""
         self.check_precision(precision)
+        artifact = self._quantize(source, float_artifact, calibration, out_dir, options)
+        floor = options.get("min_cosine")
+        if floor is None:
+            return artifact
+        excluded: list[str] = list(options.get("nodes_to_exclude", []))
+        kept, history = [], []
+        plain_size = (out_dir / "model.onnx").stat().st_size
+        for _ in range(int(options.get("max_float_layers", 4)) + 1):
+            cosine = output_cosine(float_artifact.main_file, out_dir / "model.onnx", calibration)
+            history.append({"float_layers": list(kept), "cosine": cosine})
+            if cosine >= floor or len(kept) >= int(options.get("max_float_layers", 4)):
+                break
+            ranking = layer_sensitivity(float_artifact.main_file, out_dir / "model.onnx", calibration)
+            worst = next((r for r in ranking if r["tensor"] not in kept), None)
+            if worst is None:
+                break
+            kept.append(worst["tensor"])
+            excluded += [n for n in worst["nodes"] if n not in excluded]
+            artifact = self._quantize(source, float_artifact, calibration, out_dir, {**options, "nodes_to_exclude": excluded})
+        artifact.options["quantization"]["accuracy_aware"] = {
+            "min_cosine": floor, "float_tensors": kept, "nodes_excluded": excluded, "steps": history,
+            "met": history[-1]["cosine"] >= floor, "size_bytes_all_int8": plain_size,
+            "size_bytes": (out_dir / "model.onnx").stat().st_size,
+        }
+        return artifact
+
+    def _quantize(self, source: SourceModel, float_artifact: Artifact, calibration: CalibrationSet, out_dir: Path,
+                  options: dict) -> Artifact:
         require("onnxruntime", "onnxruntime")
         from onnxruntime.quantization import (
             CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static,
@@ -88,3 +118,95 @@ class OnnxRuntimeTarget(Target):
                 return session.run(None, feeds)
 
         return OrtSession()
+
+
+def run_all(path: Path, calibration: CalibrationSet, samples: int = 128) -> np.ndarray:
+    ort = require("onnxruntime", "onnxruntime")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {k: v[:samples] for k, v in calibration.inputs.items()}
+    if all(isinstance(d, int) for i in session.get_inputs() for d in i.shape):
+        count = len(next(iter(feeds.values())))
+        return np.concatenate([session.run(None, {k: v[i : i + 1] for k, v in feeds.items()})[0] for i in range(count)])
+    return session.run(None, feeds)[0]
+
+
+def output_cosine(float_path: Path, quant_path: Path, calibration: CalibrationSet) -> float:
+    """Cosine of the int8 model's first output against the float model's, on calibration data
+    (never the evaluation set: the search must not see what verification judges)."""
+    a, b = run_all(float_path, calibration).astype(np.float64).ravel(), run_all(quant_path, calibration).astype(np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+
+
+def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
+    noise = float(np.sum((reference.astype(np.float64) - approx) ** 2))
+    signal = float(np.sum(reference.astype(np.float64) ** 2))
+    return 300.0 if noise == 0 else float(10 * np.log10(max(signal, 1e-30) / noise))
+
+
+def with_fake_quant(model, tensor: str, scale: np.ndarray, zero: np.ndarray):
+    """A copy of the float model in which only `tensor` goes through QuantizeLinear/DequantizeLinear."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    graph = copy.graph
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            if name == tensor:
+                node.input[k] = f"{tensor}__dq"
+    graph.initializer.extend([numpy_helper.from_array(np.asarray(scale, np.float32), f"{tensor}__scale"),
+                              numpy_helper.from_array(np.asarray(zero), f"{tensor}__zero")])
+    graph.node.extend([
+        helper.make_node("QuantizeLinear", [tensor, f"{tensor}__scale", f"{tensor}__zero"], [f"{tensor}__q"]),
+        helper.make_node("DequantizeLinear", [f"{tensor}__q", f"{tensor}__scale", f"{tensor}__zero"], [f"{tensor}__dq"]),
+    ])
+    return copy
+
+
+def layer_sensitivity(float_path: Path, quant_path: Path, calibration: CalibrationSet, samples: int = 64) -> list[dict]:
+    """For every activation the int8 model quantizes: the model's output SQNR when only that
+    tensor is quantized (with the scale and zero point calibration chose). Ranked worst first:
+    the layer whose int8 range costs the output most."""
+    import onnx
+    from onnx import numpy_helper
+
+    ort = require("onnxruntime", "onnxruntime")
+    quant = onnx.load(str(quant_path))
+    consts = {t.name: numpy_helper.to_array(t) for t in quant.graph.initializer}
+    by_input: dict[str, list] = {}
+    for node in quant.graph.node:
+        for name in node.input:
+            by_input.setdefault(name, []).append(node)
+    producers = {o: n for n in quant.graph.node for o in n.output}
+    params, consumers = {}, {}
+    for node in quant.graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] not in consts and node.input[1] in consts:
+            zero = consts[node.input[2]] if len(node.input) > 2 and node.input[2] in consts else np.array(0, np.uint8)
+            params[node.input[0]] = (consts[node.input[1]], zero)
+            dq_nodes = [n for n in by_input.get(node.output[0], []) if n.op_type == "DequantizeLinear"]
+            consumers[node.input[0]] = sorted({c.name for dq in dq_nodes for c in by_input.get(dq.output[0], [])})
+    model = onnx.load(str(float_path))
+    known = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
+    feeds = {k: v[:samples] for k, v in calibration.inputs.items()}
+    count = len(next(iter(feeds.values())))
+
+    def outputs(proto) -> np.ndarray:
+        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        fixed = all(isinstance(d, int) for i in session.get_inputs() for d in i.shape)
+        if fixed:
+            return np.concatenate([session.run(None, {k: v[i : i + 1] for k, v in feeds.items()})[0] for i in range(count)])
+        return session.run(None, feeds)[0]
+
+    reference = outputs(model)
+    results = []
+    for name, (scale, zero) in params.items():
+        if name not in known:
+            continue
+        producer = producers.get(name)
+        results.append({
+            "tensor": name, "op": producer.op_type if producer is not None else "input",
+            "nodes": sorted({*consumers.get(name, []), *([producer.name] if producer is not None else [])}),
+            "output_sqnr_db": sqnr_db(reference, outputs(with_fake_quant(model, name, scale, zero))),
+        })
+    return sorted(results, key=lambda r: r["output_sqnr_db"])

@@ -169,3 +169,26 @@ class NotTraceable(nn.Module):
 
 def not_traceable() -> NotTraceable:
     return NotTraceable().eval()
+
+
+class OutlierMLP(nn.Module):
+    """A Linear whose activation has one channel a thousand times larger than the rest: one int8
+    scale for the whole tensor crushes every other channel to a few levels."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1 = nn.Linear(64, 64)
+        self.act = nn.ReLU()
+        self.fc2 = nn.Linear(64, 64)
+        self.fc3 = nn.Linear(64, 10)
+        with torch.no_grad():
+            self.fc1.weight[7] *= 1000.0  # the outlier channel
+            self.fc2.weight[:, 7] /= 1000.0  # ... compensated, so the float model is well behaved
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(torch.relu(self.fc2(self.act(self.fc1(x)))))
+
+
+def outlier_mlp() -> OutlierMLP:
+    return OutlierMLP().eval()

@@ -102,3 +102,33 @@ def test_random_source_warns(tmp_path, caplog, model_cache):
         run(load_config(write_config(tmp_path, data=data, targets='[targets.onnxruntime]\nprecisions = ["fp32"]\n')),
             until="export")
     assert "meaningless" in caplog.text
+
+
+OUTLIER_MODEL = '[model]\nsource = "tests.models:outlier_mlp"\ninputs = [{ name = "x", shape = ["batch", 64] }]\n'
+GAUSSIAN = '[data]\nsource = "npy"\npath = "x.npy"\ncalibration_samples = 128\n'
+
+
+@pytest.mark.onnxruntime
+def test_the_outlier_layer_is_ranked_first_and_kept_in_float(tmp_path):
+    """fc1's activation has one channel 1000x the others: one int8 scale crushes the rest."""
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((400, 64)).astype(np.float32))
+    plain = write_config(tmp_path, model=OUTLIER_MODEL, data=GAUSSIAN, name="plain",
+                         targets='[targets.onnxruntime]\nprecisions = ["int8"]\n',
+                         body="[verify.tolerances.int8]\nmin_cosine = 0.5\n")
+    result = run(load_config(plain))
+    int8 = result.artifacts[0]
+    assert int8.sensitivity[0]["tensor"] == "relu" and int8.sensitivity[0]["op"] in ("Gemm", "Relu")
+    assert int8.sensitivity[0]["output_sqnr_db"] < int8.sensitivity[1]["output_sqnr_db"] - 20
+    assert int8.verify.cosine < 0.9  # all-int8 is badly off
+    out = CliRunner().invoke(app, ["calibrate", "report", str(result.run_dir)])
+    assert out.exit_code == 0 and out.output.index("relu") < out.output.index("x ")
+    assert (result.run_dir / "sensitivity-onnxruntime-int8.png").is_file()
+
+    aware = write_config(tmp_path, model=OUTLIER_MODEL, data=GAUSSIAN, name="aware",
+                         targets='[targets.onnxruntime]\nprecisions = ["int8"]\nmin_cosine = 0.999\n')
+    result = run(load_config(aware), until="verify")
+    int8 = result.artifacts[0]
+    record = int8.artifact.options["quantization"]["accuracy_aware"]
+    assert record["float_tensors"] == ["relu"] and record["met"]
+    assert record["size_bytes"] > record["size_bytes_all_int8"]  # what keeping it in float cost
+    assert int8.verify.cosine >= 0.999  # on the held-out evaluation data, not the calibration data
