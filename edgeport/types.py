@@ -86,6 +86,7 @@ class Artifact(BaseModel):
     format: str
     precision: Precision
     converter: str | None = None
+    variant: str | None = None  # e.g. the calibration method when a run compares several
     files: list[FileRecord] = Field(default_factory=list)
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
@@ -110,7 +111,12 @@ class Artifact(BaseModel):
 
     @property
     def label(self) -> str:
-        return f"{self.target}/{self.precision}"
+        return f"{self.target}/{self.precision}" + (f"/{self.variant}" if self.variant else "")
+
+    @property
+    def slug(self) -> str:
+        """The artifact's name in the run folder: target-precision[-variant]."""
+        return f"{self.target}-{self.precision}" + (f"-{self.variant}" if self.variant else "")
 
     def save(self, folder: Path) -> Artifact:
         """Hash every listed file (main model file first) and write artifact.json into `folder`."""

@@ -61,10 +61,15 @@ class DataConfig(Strict):
     seed: int = 0
 
 
+CalibrationMethod = Literal["minmax", "entropy", "percentile"]
+
+
 class OnnxRuntimeOptions(Strict):
     precisions: list[Literal["fp32", "int8"]] = ["fp32", "int8"]
-    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    calibration_method: CalibrationMethod | list[CalibrationMethod] = Field(
+        "minmax", description="one method, or a list to build and compare one int8 artifact per method")
     per_channel: bool = True
+    symmetric_activations: bool = Field(False, description="int8 activations symmetric around 0 (else uint8 asymmetric)")
     min_cosine: float | None = Field(None, gt=0, le=1, description="accuracy-aware int8: keep the most sensitive "
                                      "layers in float until the int8 output cosine on calibration data reaches this")
     max_float_layers: int = Field(4, ge=0, description="accuracy-aware: at most this many layers kept in float")

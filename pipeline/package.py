@@ -141,7 +141,8 @@ def package(run_dir: Path, targets: list[str] | None = None, precisions: list[st
     folder = run_dir / "bundles" if out is None or kind else out
     made = []
     for entry in chosen:
-        name = re.sub(r"[^A-Za-z0-9._-]", "-", f"{report['model']['name']}-{entry['target']}-{entry['precision']}")
+        slug = "-".join(filter(None, [entry["target"], entry["precision"], entry.get("variant")]))
+        name = re.sub(r"[^A-Za-z0-9._-]", "-", f"{report['model']['name']}-{slug}")
         bundle = build_bundle(report, entry, run_dir, folder / name)
         made.append(write_archive(bundle, out) if kind else bundle)
     return made

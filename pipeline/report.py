@@ -35,7 +35,8 @@ def table_rows(result) -> list[dict]:
         for b in r.bench or [None]:
             rows.append({
                 "target": r.artifact.target, "precision": r.artifact.precision,
-                "variant": (f"hint={b.options.get('hint')}" if b and "hint" in b.options else ""),
+                "variant": " ".join(filter(None, [r.artifact.variant,
+                                                  f"hint={b.options.get('hint')}" if b and "hint" in b.options else ""])),
                 "size_kb": r.artifact.size_bytes / 1024,
                 "accuracy_pct": v.accuracy * 100 if v and v.accuracy is not None else None,
                 "cosine": v.cosine if v else None,
@@ -61,6 +62,7 @@ def report_json(result) -> dict:
         "artifacts": [
             {
                 "id": r.artifact.id, "target": r.artifact.target, "precision": r.artifact.precision,
+                "variant": r.artifact.variant,
                 "converter": r.artifact.converter, "format": r.artifact.format, "size_bytes": r.artifact.size_bytes,
                 "path": f"artifacts/{r.artifact.root.name}",  # relative to the run folder
                 "files": [{"path": f"{r.artifact.root.name}/{f.path}", "sha256": f.sha256, "size_bytes": f.size_bytes}
@@ -134,7 +136,7 @@ def report_md(result, rows: list[dict]) -> str:
                           f"(nodes {', '.join(aware['nodes_excluded']) or '—'}); calibration-data cosine "
                           f"{aware['steps'][0]['cosine']:.5f} → {aware['steps'][-1]['cosine']:.5f}; size "
                           f"{aware['size_bytes_all_int8'] / 1024:.1f} → {aware['size_bytes'] / 1024:.1f} KB."]
-            png = f"sensitivity-{r.artifact.target}-{r.artifact.precision}.png"
+            png = f"sensitivity-{r.artifact.slug}.png"
             if (result.run_dir / png).exists():
                 lines += ["", f"![sensitivity]({png})"]
     if (result.run_dir / "latency_vs_accuracy.png").exists():
@@ -200,7 +202,7 @@ def write_reports(result) -> dict[str, Path]:
     for r in result.artifacts:
         if r.sensitivity:
             sensitivity_chart(r.sensitivity, f"int8 sensitivity, {r.artifact.label}",
-                              result.run_dir / f"sensitivity-{r.artifact.target}-{r.artifact.precision}.png")
+                              result.run_dir / f"sensitivity-{r.artifact.slug}.png")
     paths = {name: result.run_dir / name for name in ("report.json", "report.md", "results.csv")}
     png = result.run_dir / "latency_vs_accuracy.png"
     if plot(rows, png):

@@ -165,31 +165,43 @@ class Run:
                 if calibration is None:
                     calibration = self.data()[0]
                 if precision in FLOAT_PRECISIONS:
+                    float_options = {k: v for k, v in export_options.items() if k == "converter"}
                     key = {"stage": "export", "parent": sha256_file(source.onnx_path), "target": name,
-                           "precision": precision, "options": export_options, "versions": self.versions,
+                           "precision": precision, "options": float_options, "versions": self.versions,
                            # only converters that look at data (onnx2tf checks its layout choices) depend on it
                            "calibration": calibration.digest if export_options.get("converter") == "onnx2tf" else None}
                     artifact = self._build(f"{name}-{precision}", key,
                                            lambda d, p=precision: target.export(source, p, d, export_options, calibration))
                     parents[precision] = artifact
-                else:
-                    parent = parents["fp32"]
+                    if precision in wanted:
+                        made.append(artifact)
+                    continue
+                parent = parents["fp32"]
+                methods = export_options.get("calibration_method")
+                # A list of calibration methods builds one int8 artifact each, compared side by side.
+                variants = methods if isinstance(methods, list) and len(methods) > 1 else [None]
+                for variant in variants:
+                    options_v = dict(export_options)
+                    if isinstance(methods, list):
+                        options_v["calibration_method"] = variant or methods[0]
                     key = {"stage": "quantize", "parent": parent.id, "calibration": calibration.digest,
-                           "precision": precision, "options": export_options, "versions": self.versions}
-                    artifact = self._build(f"{name}-{precision}", key,
-                                           lambda d, p=precision: target.quantize(source, parent, calibration, p, d, export_options),
-                                           stage="quantize")
-                if precision in wanted:
-                    made.append(artifact)
+                           "precision": precision, "options": options_v, "versions": self.versions}
+                    slug = f"{name}-{precision}" + (f"-{variant}" if variant else "")
+                    artifact = self._build(
+                        slug, key, lambda d, p=precision, o=options_v: target.quantize(source, parent, calibration, p, d, o),
+                        stage="quantize", variant=variant)
+                    if precision in wanted:
+                        made.append(artifact)
         return made
 
-    def _build(self, label: str, key: dict, make, stage: str = "export") -> Artifact:
+    def _build(self, label: str, key: dict, make, stage: str = "export", variant: str | None = None) -> Artifact:
         artifact_id = key_hash(key)[:16]
 
         def build(folder: Path) -> None:
             with contextlib.redirect_stdout(sys.stderr):  # converters print progress; stdout is the user's
                 artifact = make(folder)
             artifact.id = artifact_id
+            artifact.variant = variant
             artifact.provenance = {"stage": stage, "parent": key["parent"], "config_hash": key_hash(key["options"]),
                                    "tool_versions": self.versions}
             artifact.save(folder)
@@ -211,7 +223,7 @@ class Run:
             outputs = session_outputs(session, evaluation, self.model.inputs, artifact, self.config.verify.batch)
             return compare(artifact, reference, outputs, evaluation.labels, tolerance).model_dump()
 
-        report = self.stages.record("verify", f"verify/{artifact.target}-{artifact.precision}.json", key, compute)
+        report = self.stages.record("verify", f"verify/{artifact.slug}.json", key, compute)
         return VerifyReport.model_validate(report)
 
     def sensitivity(self, artifact: Artifact) -> list[dict]:
@@ -223,7 +235,7 @@ class Run:
         parent = Artifact.load(self.run_dir / "artifacts" / "onnxruntime-fp32")
         calibration = self.data()[0]
         key = {"artifact": artifact.id, "parent": parent.id, "calibration": calibration.digest, "versions": self.versions}
-        result = self.stages.record("verify", "sensitivity/onnxruntime-int8.json", key, lambda: {
+        result = self.stages.record("verify", f"sensitivity/{artifact.slug}.json", key, lambda: {
             "layers": layer_sensitivity(parent.main_file, artifact.main_file, calibration)})
         return result["layers"]
 
@@ -287,7 +299,7 @@ class Run:
                        "model_size_bytes": artifact.size_bytes, **self.bench_settings()}
             key = {"artifact": artifact.id, "request": {**request, "model": artifact.id}, "versions": self.versions,
                    "runner": sha256_file(local.RUNNER)}
-            result = self.stages.record("bench", f"bench/local/{artifact.target}-{artifact.precision}{suffix}.json",
+            result = self.stages.record("bench", f"bench/local/{artifact.slug}{suffix}.json",
                                         key, lambda: local.bench(request))
             results.append(BenchResult.model_validate(result))
         return results

@@ -76,6 +76,7 @@ class OnnxRuntimeTarget(Target):
         if method not in CALIBRATION_METHODS:
             raise ConfigError(f"onnxruntime calibration_method {method!r} unknown; choose one of {', '.join(CALIBRATION_METHODS)}")
         per_channel = bool(options.get("per_channel", True))
+        symmetric = bool(options.get("symmetric_activations", False))
         batch = 32 if all(s.dynamic_batch for s in source.inputs) else 1
 
         class Reader(CalibrationDataReader):
@@ -94,17 +95,19 @@ class OnnxRuntimeTarget(Target):
                     quant_format=QuantFormat.QDQ,
                     per_channel=per_channel,
                     # U8 activations with S8 weights is ORT's fast path on x86 and ARM.
-                    activation_type=QuantType.QUInt8,
+                    activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
                     calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                                       "percentile": CalibrationMethod.Percentile}[method],
                     nodes_to_exclude=list(options.get("nodes_to_exclude", [])),
                     calibration_cache_path=None,
+                    extra_options={"ActivationSymmetric": symmetric},
                 )
             except (ValueError, RuntimeError) as e:
                 raise ExportError(f"onnxruntime int8 quantization failed: {e}") from e
         scheme = {"format": "QDQ", "calibration_method": method, "per_channel": per_channel,
-                  "activations": "uint8-asymmetric", "weights": "int8-symmetric", "samples": len(calibration)}
+                  "activations": "int8-symmetric" if symmetric else "uint8-asymmetric", "weights": "int8-symmetric",
+                  "samples": len(calibration)}
         return self.new_artifact("int8", "onnx", ["model.onnx"], source, options={"quantization": scheme})
 
     def load(self, artifact: Artifact, threads: int):

@@ -37,7 +37,7 @@ def digits_transformer() -> DigitsTransformer:
     """Trained on the digits train split once per cache folder (a few seconds)."""
     torch.manual_seed(0)
     model = DigitsTransformer()
-    path = cache_dir() / "digits_transformer-v2.pt"
+    path = cache_dir() / "digits_transformer-v3.pt"
     if path.is_file():
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval()

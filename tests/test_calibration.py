@@ -132,3 +132,25 @@ def test_the_outlier_layer_is_ranked_first_and_kept_in_float(tmp_path):
     assert record["float_tensors"] == ["relu"] and record["met"]
     assert record["size_bytes"] > record["size_bytes_all_int8"]  # what keeping it in float cost
     assert int8.verify.cosine >= 0.999  # on the held-out evaluation data, not the calibration data
+
+
+@pytest.mark.onnxruntime
+def test_calibration_methods_side_by_side_in_one_report(tmp_path, model_cache):
+    targets = '[targets.onnxruntime]\nprecisions = ["int8"]\ncalibration_method = ["minmax", "entropy", "percentile"]\n'
+    result = run(load_config(write_config(tmp_path, targets=targets)))
+    variants = {r.artifact.variant: r for r in result.artifacts}
+    assert set(variants) == {"minmax", "entropy", "percentile"}
+    for method, r in variants.items():
+        assert r.artifact.options["quantization"]["calibration_method"] == method
+        assert r.verify.passed and r.verify.accuracy > 0.95 and r.verify.cosine > 0.99
+    assert len({r.artifact.files[0].sha256 for r in result.artifacts}) >= 2  # the methods really differ
+    report = (result.run_dir / "report.md").read_text()
+    for method in variants:
+        assert f"| onnxruntime | int8 | {method} |" in report
+
+
+def test_an_unsupported_combination_lists_what_the_target_has(tmp_path):
+    one_line_error(tmp_path, "", "Input should be 'minmax', 'entropy' or 'percentile'",
+                   targets='[targets.onnxruntime]\ncalibration_method = "kl"\n')
+    one_line_error(tmp_path, "", "unknown key 'calibration_method'",
+                   targets='[targets.openvino]\ncalibration_method = "entropy"\n')
