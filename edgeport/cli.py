@@ -309,7 +309,7 @@ def calibrate_command(
             report = json.loads((run_dir / "report.json").read_text())
             shown = [a for a in report["artifacts"] if a.get("sensitivity")]
             if not shown:
-                out.print("no per-layer sensitivity in this run (ONNX Runtime int8 artifacts have it)")
+                out.print("no per-layer sensitivity in this run (ONNX Runtime and OpenVINO int8 artifacts have it)")
             for a in shown:
                 table = Table("rank", "tensor", "op", "output SQNR (dB)", title=f"{a['target']}/{a['precision']}: worst layers")
                 for i, s in enumerate(a["sensitivity"][:10], 1):

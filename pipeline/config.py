@@ -86,6 +86,8 @@ class OpenVinoOptions(Strict):
     hint: list[Literal["f32", "bf16", "default"]] = Field(
         ["f32"], description="INFERENCE_PRECISION_HINT(s) to benchmark; verification always runs f32"
     )
+    min_cosine: float | None = Field(None, gt=0, le=1, description="accuracy-aware int8 (see onnxruntime)")
+    max_float_layers: int = Field(4, ge=0)
     performance_hint: Literal["latency", "throughput"] = "latency"
     streams: int = Field(1, ge=0, description="NUM_STREAMS; 0 lets OpenVINO choose")
 

@@ -227,12 +227,13 @@ class Run:
         return VerifyReport.model_validate(report)
 
     def sensitivity(self, artifact: Artifact) -> list[dict]:
-        """Per-layer int8 sensitivity (ONNX Runtime int8 artifacts), worst first; cached."""
-        if artifact.target != "onnxruntime" or artifact.precision != "int8":
+        """Per-layer int8 sensitivity (ONNX Runtime and OpenVINO int8 artifacts), worst first; cached."""
+        if artifact.target not in ("onnxruntime", "openvino") or artifact.precision != "int8":
             return []
-        from edgeport.targets.onnxruntime import layer_sensitivity
+        import importlib
 
-        parent = Artifact.load(self.run_dir / "artifacts" / "onnxruntime-fp32")
+        layer_sensitivity = importlib.import_module(f"edgeport.targets.{artifact.target}").layer_sensitivity
+        parent = Artifact.load(self.run_dir / "artifacts" / f"{artifact.target}-fp32")
         calibration = self.data()[0]
         key = {"artifact": artifact.id, "parent": parent.id, "calibration": calibration.digest, "versions": self.versions}
         result = self.stages.record("verify", f"sensitivity/{artifact.slug}.json", key, lambda: {

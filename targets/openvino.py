@@ -74,7 +74,7 @@ class OpenVinoTarget(Target):
         fast_bias_correction = bool(options.get("fast_bias_correction", True))
         smooth_quant = options.get("smooth_quant", "auto")
         samples = list(calibration.samples())
-        ignored = options.get("ignored_nodes") or []
+        ignored = list(options.get("ignored_nodes") or [])
 
         def quantize(smooth: bool):
             from nncf.quantization.advanced_parameters import (
@@ -99,8 +99,10 @@ class OpenVinoTarget(Target):
                   "fast_bias_correction": fast_bias_correction, "samples": len(samples)}
         if not transformer:
             quantized = quantize(smooth=True)  # SmoothQuant applies to transformers only
+            smooth = True
         elif smooth_quant in ("on", "off"):
-            quantized = quantize(smooth=smooth_quant == "on")
+            smooth = smooth_quant == "on"
+            quantized = quantize(smooth=smooth)
             scheme["smooth_quant"] = smooth_quant
         else:
             # SmoothQuant helps when activations have outlier channels and hurts small models
@@ -114,12 +116,40 @@ class OpenVinoTarget(Target):
                 compiled = compile_for_verification(ov, candidate, 1)
                 scores[smooth] = (cosine(ref, [compiled(s)[0] for s in probe]), candidate)
             best = max(scores, key=lambda k: scores[k][0])
-            quantized = scores[best][1]
+            quantized, smooth = scores[best][1], best
             scheme["smooth_quant"] = "on" if best else "off"
             scheme["smooth_quant_probe_cosine"] = {"on": scores[True][0], "off": scores[False][0]}
         ov.save_model(quantized, str(out_dir / "model.xml"), compress_to_fp16=False)
+        if options.get("min_cosine") is not None:
+            scheme["accuracy_aware"] = self._keep_sensitive_in_float(
+                float_artifact, calibration, out_dir, options, ignored, lambda: quantize(smooth))
         return self.new_artifact("int8", "openvino-ir", ["model.xml", "model.bin"], source,
                                  options={"quantization": scheme})
+
+    def _keep_sensitive_in_float(self, float_artifact: Artifact, calibration: CalibrationSet, out_dir: Path,
+                                 options: dict, ignored: list[str], requantize) -> dict:
+        """Accuracy-aware int8: while the output cosine on calibration data is below `min_cosine`,
+        keep the most sensitive activation in float (NNCF ignored scope on the ops that read it)."""
+        ov = require("openvino", "openvino")
+        floor, limit = float(options["min_cosine"]), int(options.get("max_float_layers", 4))
+        reference = outputs_on(ov, ov.Core().read_model(str(float_artifact.main_file)), calibration)
+        plain_size = sum((out_dir / n).stat().st_size for n in ("model.xml", "model.bin"))
+        kept, history = [], []
+        while True:
+            current = outputs_on(ov, ov.Core().read_model(str(out_dir / "model.xml")), calibration)
+            history.append({"float_layers": list(kept), "cosine": cosine([reference], [current])})
+            if history[-1]["cosine"] >= floor or len(kept) >= limit:
+                break
+            ranking = [r for r in layer_sensitivity(float_artifact.main_file, out_dir / "model.xml", calibration)
+                       if r["tensor"] not in kept]
+            if not ranking:
+                break
+            kept.append(ranking[0]["tensor"])
+            ignored += [n for n in ranking[0]["nodes"] if n not in ignored]  # quantize() reads this list
+            ov.save_model(requantize(), str(out_dir / "model.xml"), compress_to_fp16=False)
+        return {"min_cosine": floor, "float_tensors": kept, "nodes_excluded": list(ignored), "steps": history,
+                "met": history[-1]["cosine"] >= floor, "size_bytes_all_int8": plain_size,
+                "size_bytes": sum((out_dir / n).stat().st_size for n in ("model.xml", "model.bin"))}
 
     def load(self, artifact: Artifact, threads: int):
         ov = require("openvino", "openvino")
@@ -132,3 +162,55 @@ class OpenVinoTarget(Target):
                 return [np.asarray(result[o]) for o in compiled.outputs]
 
         return OvSession()
+
+
+def outputs_on(ov, model, calibration: CalibrationSet, samples: int = 128) -> np.ndarray:
+    compiled = compile_for_verification(ov, model, 1)
+    batches = list(calibration.samples())[:samples]
+    return np.concatenate([np.asarray(compiled(b)[compiled.outputs[0]]) for b in batches])
+
+
+def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
+    noise = float(np.sum((reference.astype(np.float64) - approx) ** 2))
+    return 300.0 if noise == 0 else float(10 * np.log10(max(float(np.sum(reference.astype(np.float64) ** 2)), 1e-30) / noise))
+
+
+def activation_quantizers(ov, quantized_path: Path) -> list[dict]:
+    """The FakeQuantize ops NNCF put on activations: producer name, output port, and parameters."""
+    found = []
+    for op in ov.Core().read_model(str(quantized_path)).get_ops():
+        if op.get_type_name() != "FakeQuantize":
+            continue
+        source = op.input_value(0)
+        producer = source.get_node()
+        if producer.get_type_name() in ("Constant", "Convert") and all(
+                producer.input_value(i).get_node().get_type_name() == "Constant" for i in range(producer.get_input_size())):
+            continue  # a weight quantizer
+        params = [op.input_value(i).get_node().get_data() for i in range(1, 5)]
+        found.append({"producer": producer.get_friendly_name(), "port": source.get_index(), "params": params,
+                      "levels": int(op.get_attributes()["levels"]), "op": producer.get_type_name()})
+    return found
+
+
+def layer_sensitivity(float_path: Path, quantized_path: Path, calibration: CalibrationSet) -> list[dict]:
+    """For every activation NNCF quantized: the fp32 model's output SQNR with only that tensor
+    fake-quantized with NNCF's ranges. Worst first."""
+    ov = require("openvino", "openvino")
+    import openvino.opset13 as ops
+
+    reference = outputs_on(ov, ov.Core().read_model(str(float_path)), calibration)
+    results = []
+    for fq in activation_quantizers(ov, quantized_path):
+        model = ov.Core().read_model(str(float_path))
+        nodes = {op.get_friendly_name(): op for op in model.get_ops()}
+        if fq["producer"] not in nodes:
+            continue
+        output = nodes[fq["producer"]].output(fq["port"])
+        targets = list(output.get_target_inputs())
+        fake = ops.fake_quantize(output, *[ops.constant(p) for p in fq["params"]], fq["levels"])
+        for target in targets:
+            target.replace_source_output(fake.output(0))
+        consumers = sorted({t.get_node().get_friendly_name() for t in targets})
+        results.append({"tensor": fq["producer"], "op": fq["op"], "nodes": consumers,
+                        "output_sqnr_db": sqnr_db(reference, outputs_on(ov, model, calibration))})
+    return sorted(results, key=lambda r: r["output_sqnr_db"])

@@ -154,3 +154,21 @@ def test_an_unsupported_combination_lists_what_the_target_has(tmp_path):
                    targets='[targets.onnxruntime]\ncalibration_method = "kl"\n')
     one_line_error(tmp_path, "", "unknown key 'calibration_method'",
                    targets='[targets.openvino]\ncalibration_method = "entropy"\n')
+
+
+@pytest.mark.openvino
+def test_openvino_ranks_the_outlier_first_and_keeps_it_in_float(tmp_path):
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((400, 64)).astype(np.float32))
+    plain = write_config(tmp_path, model=OUTLIER_MODEL, data=GAUSSIAN, name="plain",
+                         targets='[targets.openvino]\nprecisions = ["int8"]\n',
+                         body="[verify.tolerances.int8]\nmin_cosine = 0.5\n")
+    int8 = run(load_config(plain), until="verify").artifacts[0]
+    assert int8.sensitivity[0]["tensor"] == "node_relu"  # the activation with the outlier channel
+    assert int8.sensitivity[0]["output_sqnr_db"] < int8.sensitivity[1]["output_sqnr_db"] - 10
+    assert int8.verify.cosine < 0.999
+    aware = write_config(tmp_path, model=OUTLIER_MODEL, data=GAUSSIAN, name="aware",
+                         targets='[targets.openvino]\nprecisions = ["int8"]\nmin_cosine = 0.999\n')
+    int8 = run(load_config(aware), until="verify").artifacts[0]
+    record = int8.artifact.options["quantization"]["accuracy_aware"]
+    assert record["float_tensors"][0] == "node_relu" and record["met"]
+    assert int8.verify.cosine >= 0.999
