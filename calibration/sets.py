@@ -154,7 +154,7 @@ def build_sets(
             evaluation = {k: v[:n_eval] for k, v in ev_arrays.items()}
             eval_labels = ev_labels[:n_eval] if ev_labels is not None else None
             check_disjoint(calib, evaluation)
-            return (make_set(calib, None, f"{source}:{where}", seed),
+            return (make_set(calib, labels[cal_idx] if labels is not None else None, f"{source}:{where}", seed),
                     make_set(evaluation, eval_labels, f"{source}:{eval_path}", seed))
         n_eval = eval_samples or max(total - calibration_samples, 0)
         if calibration_samples + n_eval > total or n_eval == 0:
@@ -167,17 +167,17 @@ def build_sets(
         calib = {k: v[cal_idx] for k, v in arrays.items()}
         evaluation = {k: v[eval_idx] for k, v in arrays.items()}
         check_disjoint(calib, evaluation)
-        return (make_set(calib, None, f"{source}:{where}", seed),
+        return (make_set(calib, labels[cal_idx] if labels is not None else None, f"{source}:{where}", seed),
                 make_set(evaluation, labels[eval_idx] if labels is not None else None, f"{source}:{where}", seed))
     if source == "digits":
         from edgeport.calibration.digits import digits_split
 
-        x_train, _, x_test, y_test = digits_split()
+        x_train, y_train, x_test, y_test = digits_split()
         check_arrays({specs[0].name: x_train}, specs[:1], "digits data")
         if calibration_samples > len(x_train):
             raise DataError(f"digits data: asked for {calibration_samples} calibration samples, the train split has {len(x_train)}")
         pick = np.sort(rng.choice(len(x_train), calibration_samples, replace=False))
-        calib = {specs[0].name: x_train[pick]}
+        calib, calib_labels = {specs[0].name: x_train[pick]}, y_train[pick]
         n_eval = eval_samples or len(x_test)
         evaluation, eval_labels = {specs[0].name: x_test[:n_eval]}, y_test[:n_eval]
         name = "digits"
@@ -186,11 +186,11 @@ def build_sets(
         calib = {s.name: rng.standard_normal((calibration_samples, *s.concrete_shape()[1:])).astype(s.dtype) for s in specs}
         n_eval = eval_samples or 64
         evaluation = {s.name: rng.standard_normal((n_eval, *s.concrete_shape()[1:])).astype(s.dtype) for s in specs}
-        eval_labels = None
+        eval_labels = calib_labels = None
         name = "random"
     else:
         raise DataError(f"unknown data source {source!r}; choose digits, npy, images, callable or random")
-    return make_set(calib, None, name, seed), make_set(evaluation, eval_labels, name, seed)
+    return make_set(calib, calib_labels, name, seed), make_set(evaluation, eval_labels, name, seed)
 
 
 def save_set(dataset: CalibrationSet, path: Path) -> None:

@@ -50,22 +50,28 @@ def train(model: nn.Module, epochs: int = 30, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def trained_cnn() -> DigitsCNN:
-    """The demo model: trained on first use, then loaded from the cache."""
-    path = cache_dir() / "digits_cnn-v3.pt"
-    torch.manual_seed(0)  # the initial weights too: the same model in every process
-    model = DigitsCNN()
+def trained(build, name: str, epochs: int = 30) -> nn.Module:
+    """`build()` trained on the digits train split, once per cache folder, then loaded.
+    Seeded and single-threaded: the same weights in every process and on every machine."""
+    path = cache_dir() / f"{name}.pt"
+    torch.manual_seed(0)  # the initial weights too
+    model = build()
     if path.is_file():
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model.eval()
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread: the same weights on every machine, whatever else is loaded
+    torch.set_num_threads(1)
     try:
-        train(model)
+        train(model, epochs=epochs)
     finally:
         torch.set_num_threads(threads)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save(model.state_dict(), tmp)
     os.replace(tmp, path)
-    return model
+    return model.eval()
+
+
+def trained_cnn() -> DigitsCNN:
+    """The demo model: trained on first use (a few seconds), then loaded from the cache."""
+    return trained(DigitsCNN, "digits_cnn-v3")

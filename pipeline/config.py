@@ -70,8 +70,10 @@ class OnnxRuntimeOptions(Strict):
         "minmax", description="one method, or a list to build and compare one int8 artifact per method")
     per_channel: bool = True
     symmetric_activations: bool = Field(False, description="int8 activations symmetric around 0 (else uint8 asymmetric)")
-    min_cosine: float | None = Field(None, gt=0, le=1, description="accuracy-aware int8: keep the most sensitive "
-                                     "layers in float until the int8 output cosine on calibration data reaches this")
+    max_accuracy_drop: float | None = Field(None, ge=0, description="accuracy-aware int8: keep the most sensitive "
+                                            "layers in float until int8 is within this many points on labelled "
+                                            "calibration data (else min_cosine, default 0.99, decides)")
+    min_cosine: float | None = Field(None, gt=0, le=1, description="accuracy-aware int8: output cosine floor")
     max_float_layers: int = Field(4, ge=0, description="accuracy-aware: at most this many layers kept in float")
 
 
@@ -86,6 +88,7 @@ class OpenVinoOptions(Strict):
     hint: list[Literal["f32", "bf16", "default"]] = Field(
         ["f32"], description="INFERENCE_PRECISION_HINT(s) to benchmark; verification always runs f32"
     )
+    max_accuracy_drop: float | None = Field(None, ge=0, description="accuracy-aware int8 (see onnxruntime)")
     min_cosine: float | None = Field(None, gt=0, le=1, description="accuracy-aware int8 (see onnxruntime)")
     max_float_layers: int = Field(4, ge=0)
     performance_hint: Literal["latency", "throughput"] = "latency"

@@ -132,10 +132,16 @@ def report_md(result, rows: list[dict]) -> str:
             lines += [f"| {s['tensor']} | {s['op']} | {s['output_sqnr_db']:.1f} |" for s in r.sensitivity[:10]]
             aware = r.artifact.options.get("quantization", {}).get("accuracy_aware")
             if aware:
-                lines += ["", f"Accuracy-aware: kept {', '.join(aware['float_tensors']) or 'nothing'} in float "
-                          f"(nodes {', '.join(aware['nodes_excluded']) or '—'}); calibration-data cosine "
-                          f"{aware['steps'][0]['cosine']:.5f} → {aware['steps'][-1]['cosine']:.5f}; size "
-                          f"{aware['size_bytes_all_int8'] / 1024:.1f} → {aware['size_bytes'] / 1024:.1f} KB."]
+                first, last = aware["steps"][0], aware["steps"][-1]
+                accuracy = (f"; calibration-data accuracy {first['accuracy']:.2%} → {last['accuracy']:.2%} "
+                            f"(float {last['reference_accuracy']:.2%})" if "accuracy" in last else "")
+                lines += ["", f"Accuracy-aware ({'met' if aware['met'] else 'NOT met'}: "
+                          f"{json.dumps({k: v for k, v in aware['budget'].items() if v is not None})}): kept "
+                          f"{', '.join(aware['float_tensors']) or 'nothing'} in float (nodes "
+                          f"{', '.join(aware['nodes_excluded']) or '—'}); calibration-data cosine "
+                          f"{first['cosine']:.5f} → {last['cosine']:.5f}{accuracy}; size "
+                          f"{aware['size_bytes_all_int8'] / 1024:.1f} → {aware['size_bytes'] / 1024:.1f} KB; p50 "
+                          f"{aware['p50_ms_all_int8']:.4f} → {aware['p50_ms']:.4f} ms (one thread, in-process, side by side)."]
             png = f"sensitivity-{r.artifact.slug}.png"
             if (result.run_dir / png).exists():
                 lines += ["", f"![sensitivity]({png})"]
@@ -156,12 +162,7 @@ def plot(rows: list[dict], path: Path) -> bool:
     points = [r for r in rows if r["p50_ms"] is not None and r["accuracy_pct"] is not None]
     if not points:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=110)
+    fig, ax = new_figure(4.2)
     for r in points:
         label = f"{r['target']} {r['precision']} {r['variant']}".strip()
         ax.scatter(r["p50_ms"], r["accuracy_pct"], s=40)
@@ -171,30 +172,36 @@ def plot(rows: list[dict], path: Path) -> bool:
     ax.set_ylabel("held-out accuracy (%)")
     ax.set_title(f"latency vs accuracy ({points[0]['device']})")
     ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.partial.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
     return True
 
 
-def sensitivity_chart(layers: list[dict], title: str, path: Path) -> None:
+def new_figure(height: float):
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # no display: write files only
     import matplotlib.pyplot as plt
 
-    worst = layers[:10][::-1]
-    fig, ax = plt.subplots(figsize=(6.5, 0.35 * len(worst) + 1.2), dpi=110)
-    ax.barh([s["tensor"] for s in worst], [s["output_sqnr_db"] for s in worst], color="#c0504d")
-    ax.set_xlabel("output SQNR with only this tensor in int8 (dB, lower = more sensitive)")
-    ax.set_title(title, fontsize=9)
+    return plt.subplots(figsize=(6.5, height), dpi=110)
+
+
+def save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.partial.png")
     fig.savefig(tmp)
     plt.close(fig)
     tmp.replace(path)
+
+
+def sensitivity_chart(layers: list[dict], title: str, path: Path) -> None:
+    worst = layers[:10][::-1]
+    fig, ax = new_figure(0.35 * len(worst) + 1.2)
+    ax.barh([s["tensor"] for s in worst], [s["output_sqnr_db"] for s in worst], color="#c0504d")
+    ax.set_xlabel("output SQNR with only this tensor in int8 (dB, lower = more sensitive)")
+    ax.set_title(title, fontsize=9)
+    save_figure(fig, path)
 
 
 def write_reports(result) -> dict[str, Path]:

@@ -75,3 +75,39 @@ class Target(ABC):
             outputs=[s.model_copy() for s in source.outputs],
             **extra,
         )
+
+
+def int8_budget(reference: np.ndarray, current: np.ndarray, labels: np.ndarray | None, options: dict) -> tuple[bool, dict]:
+    """Whether an int8 model's outputs on calibration data meet the accuracy-aware budget:
+    `max_accuracy_drop` (points, when the calibration samples have labels) or `min_cosine`."""
+    a, b = reference.astype(np.float64).ravel(), current.astype(np.float64).ravel()
+    measured = {"cosine": float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))}
+    drop = options.get("max_accuracy_drop")
+    if drop is not None and labels is not None and reference.ndim == 2:
+        labels = labels[: len(reference)]
+        ref_acc, acc = float((reference.argmax(1) == labels).mean()), float((current.argmax(1) == labels).mean())
+        measured |= {"accuracy": acc, "reference_accuracy": ref_acc}
+        ok = (ref_acc - acc) * 100 <= drop
+        if options.get("min_cosine") is not None:
+            ok = ok and measured["cosine"] >= options["min_cosine"]
+        return ok, measured
+    floor = options.get("min_cosine")
+    return measured["cosine"] >= (floor if floor is not None else 0.99), measured
+
+
+def accuracy_aware(options: dict) -> bool:
+    return options.get("min_cosine") is not None or options.get("max_accuracy_drop") is not None
+
+
+def median_ms(run, iterations: int = 200) -> float:
+    """A quick in-process p50 of `run()`, to compare the all-int8 and mixed models side by side."""
+    import time
+
+    for _ in range(10):
+        run()
+    times = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1e3)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeport.errors import ConfigError, ExportError, require
-from edgeport.targets.base import SourceModel, Target
+from edgeport.targets.base import SourceModel, Target, accuracy_aware, int8_budget, median_ms
 from edgeport.types import Artifact, CalibrationSet
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -40,28 +40,29 @@ class OnnxRuntimeTarget(Target):
         calibration data fall below that cosine, the most sensitive layer is kept in float."""
         self.check_precision(precision)
         artifact = self._quantize(source, float_artifact, calibration, out_dir, options)
-        floor = options.get("min_cosine")
-        if floor is None:
+        if not accuracy_aware(options):
             return artifact
+        path = out_dir / "model.onnx"
+        reference = run_all(float_artifact.main_file, calibration)
+        plain_size, plain_ms = path.stat().st_size, latency_ms(path, calibration)
         excluded: list[str] = list(options.get("nodes_to_exclude", []))
-        kept, history = [], []
-        plain_size = (out_dir / "model.onnx").stat().st_size
-        for _ in range(int(options.get("max_float_layers", 4)) + 1):
-            cosine = output_cosine(float_artifact.main_file, out_dir / "model.onnx", calibration)
-            history.append({"float_layers": list(kept), "cosine": cosine})
-            if cosine >= floor or len(kept) >= int(options.get("max_float_layers", 4)):
+        kept, history, limit = [], [], int(options.get("max_float_layers", 4))
+        while True:
+            met, measured = int8_budget(reference, run_all(path, calibration), calibration.labels, options)
+            history.append({"float_layers": list(kept), **measured})
+            if met or len(kept) >= limit:
                 break
-            ranking = layer_sensitivity(float_artifact.main_file, out_dir / "model.onnx", calibration)
-            worst = next((r for r in ranking if r["tensor"] not in kept), None)
-            if worst is None:
+            ranking = [r for r in layer_sensitivity(float_artifact.main_file, path, calibration) if r["tensor"] not in kept]
+            if not ranking:
                 break
-            kept.append(worst["tensor"])
-            excluded += [n for n in worst["nodes"] if n not in excluded]
+            kept.append(ranking[0]["tensor"])
+            excluded += [n for n in ranking[0]["nodes"] if n not in excluded]
             artifact = self._quantize(source, float_artifact, calibration, out_dir, {**options, "nodes_to_exclude": excluded})
         artifact.options["quantization"]["accuracy_aware"] = {
-            "min_cosine": floor, "float_tensors": kept, "nodes_excluded": excluded, "steps": history,
-            "met": history[-1]["cosine"] >= floor, "size_bytes_all_int8": plain_size,
-            "size_bytes": (out_dir / "model.onnx").stat().st_size,
+            "budget": {k: options.get(k) for k in ("max_accuracy_drop", "min_cosine")}, "float_tensors": kept,
+            "nodes_excluded": excluded, "steps": history, "met": met,
+            "size_bytes_all_int8": plain_size, "size_bytes": path.stat().st_size,
+            "p50_ms_all_int8": plain_ms, "p50_ms": latency_ms(path, calibration),
         }
         return artifact
 
@@ -133,11 +134,14 @@ def run_all(path: Path, calibration: CalibrationSet, samples: int = 128) -> np.n
     return session.run(None, feeds)[0]
 
 
-def output_cosine(float_path: Path, quant_path: Path, calibration: CalibrationSet) -> float:
-    """Cosine of the int8 model's first output against the float model's, on calibration data
-    (never the evaluation set: the search must not see what verification judges)."""
-    a, b = run_all(float_path, calibration).astype(np.float64).ravel(), run_all(quant_path, calibration).astype(np.float64).ravel()
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+def latency_ms(path: Path, calibration: CalibrationSet) -> float:
+    """In-process p50 of one sample, single thread: the all-int8 and mixed models side by side."""
+    ort = require("onnxruntime", "onnxruntime")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = next(calibration.samples())
+    return median_ms(lambda: session.run(None, feed))
 
 
 def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:

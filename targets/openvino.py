@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeport.errors import ConfigError, ExportError, require
-from edgeport.targets.base import SourceModel, Target
+from edgeport.targets.base import SourceModel, Target, accuracy_aware, int8_budget, median_ms
 from edgeport.types import Artifact, CalibrationSet
 
 PRESETS = ("performance", "mixed")
@@ -120,7 +120,7 @@ class OpenVinoTarget(Target):
             scheme["smooth_quant"] = "on" if best else "off"
             scheme["smooth_quant_probe_cosine"] = {"on": scores[True][0], "off": scores[False][0]}
         ov.save_model(quantized, str(out_dir / "model.xml"), compress_to_fp16=False)
-        if options.get("min_cosine") is not None:
+        if accuracy_aware(options):
             scheme["accuracy_aware"] = self._keep_sensitive_in_float(
                 float_artifact, calibration, out_dir, options, ignored, lambda: quantize(smooth))
         return self.new_artifact("int8", "openvino-ir", ["model.xml", "model.bin"], source,
@@ -128,28 +128,31 @@ class OpenVinoTarget(Target):
 
     def _keep_sensitive_in_float(self, float_artifact: Artifact, calibration: CalibrationSet, out_dir: Path,
                                  options: dict, ignored: list[str], requantize) -> dict:
-        """Accuracy-aware int8: while the output cosine on calibration data is below `min_cosine`,
-        keep the most sensitive activation in float (NNCF ignored scope on the ops that read it)."""
+        """Accuracy-aware int8: while the budget is missed on calibration data, keep the most
+        sensitive activation in float (NNCF ignored scope on the ops that read it)."""
         ov = require("openvino", "openvino")
-        floor, limit = float(options["min_cosine"]), int(options.get("max_float_layers", 4))
+        path = out_dir / "model.xml"
         reference = outputs_on(ov, ov.Core().read_model(str(float_artifact.main_file)), calibration)
         plain_size = sum((out_dir / n).stat().st_size for n in ("model.xml", "model.bin"))
-        kept, history = [], []
+        plain_ms = latency_ms(ov, path, calibration)
+        kept, history, limit = [], [], int(options.get("max_float_layers", 4))
         while True:
-            current = outputs_on(ov, ov.Core().read_model(str(out_dir / "model.xml")), calibration)
-            history.append({"float_layers": list(kept), "cosine": cosine([reference], [current])})
-            if history[-1]["cosine"] >= floor or len(kept) >= limit:
+            current = outputs_on(ov, ov.Core().read_model(str(path)), calibration)
+            met, measured = int8_budget(reference, current, calibration.labels, options)
+            history.append({"float_layers": list(kept), **measured})
+            if met or len(kept) >= limit:
                 break
-            ranking = [r for r in layer_sensitivity(float_artifact.main_file, out_dir / "model.xml", calibration)
-                       if r["tensor"] not in kept]
+            ranking = [r for r in layer_sensitivity(float_artifact.main_file, path, calibration) if r["tensor"] not in kept]
             if not ranking:
                 break
             kept.append(ranking[0]["tensor"])
             ignored += [n for n in ranking[0]["nodes"] if n not in ignored]  # quantize() reads this list
-            ov.save_model(requantize(), str(out_dir / "model.xml"), compress_to_fp16=False)
-        return {"min_cosine": floor, "float_tensors": kept, "nodes_excluded": list(ignored), "steps": history,
-                "met": history[-1]["cosine"] >= floor, "size_bytes_all_int8": plain_size,
-                "size_bytes": sum((out_dir / n).stat().st_size for n in ("model.xml", "model.bin"))}
+            ov.save_model(requantize(), str(path), compress_to_fp16=False)
+        return {"budget": {k: options.get(k) for k in ("max_accuracy_drop", "min_cosine")}, "float_tensors": kept,
+                "nodes_excluded": list(ignored), "steps": history, "met": met,
+                "size_bytes_all_int8": plain_size,
+                "size_bytes": sum((out_dir / n).stat().st_size for n in ("model.xml", "model.bin")),
+                "p50_ms_all_int8": plain_ms, "p50_ms": latency_ms(ov, path, calibration)}
 
     def load(self, artifact: Artifact, threads: int):
         ov = require("openvino", "openvino")
@@ -168,6 +171,13 @@ def outputs_on(ov, model, calibration: CalibrationSet, samples: int = 128) -> np
     compiled = compile_for_verification(ov, model, 1)
     batches = list(calibration.samples())[:samples]
     return np.concatenate([np.asarray(compiled(b)[compiled.outputs[0]]) for b in batches])
+
+
+def latency_ms(ov, path: Path, calibration: CalibrationSet) -> float:
+    """In-process p50 of one sample, single thread, f32 hint: all-int8 and mixed side by side."""
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1})
+    request, feed = compiled.create_infer_request(), next(calibration.samples())
+    return median_ms(lambda: request.infer(feed))
 
 
 def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:

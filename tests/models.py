@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import nn
 
-from edgeport.examples.digits import cache_dir, train
+from edgeport.examples.digits import trained
 
 
 class DigitsTransformer(nn.Module):
@@ -35,23 +33,7 @@ class DigitsTransformer(nn.Module):
 
 def digits_transformer() -> DigitsTransformer:
     """Trained on the digits train split once per cache folder (a few seconds)."""
-    torch.manual_seed(0)
-    model = DigitsTransformer()
-    path = cache_dir() / "digits_transformer-v3.pt"
-    if path.is_file():
-        model.load_state_dict(torch.load(path, weights_only=True))
-        return model.eval()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # deterministic weights
-    try:
-        train(model, epochs=40)
-    finally:
-        torch.set_num_threads(threads)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
-    return model.eval()
+    return trained(DigitsTransformer, "digits_transformer-v3", epochs=40)
 
 
 ATTENTION_MODEL = """

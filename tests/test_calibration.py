@@ -172,3 +172,27 @@ def test_openvino_ranks_the_outlier_first_and_keeps_it_in_float(tmp_path):
     record = int8.artifact.options["quantization"]["accuracy_aware"]
     assert record["float_tensors"][0] == "node_relu" and record["met"]
     assert int8.verify.cosine >= 0.999
+
+
+@pytest.mark.onnxruntime
+def test_accuracy_budget_in_points_with_labelled_data(tmp_path):
+    """Labels here are the float model's own predictions, so float accuracy is 100%."""
+    import torch
+
+    from tests.models import outlier_mlp
+
+    x = np.random.default_rng(0).standard_normal((400, 64)).astype(np.float32)
+    with torch.no_grad():
+        labels = outlier_mlp()(torch.from_numpy(x)).argmax(1).numpy()
+    np.savez(tmp_path / "x.npz", x=x, labels=labels)
+    data = '[data]\nsource = "npy"\npath = "x.npz"\ncalibration_samples = 128\n'
+    config = write_config(tmp_path, model=OUTLIER_MODEL, data=data,
+                          targets='[targets.onnxruntime]\nprecisions = ["int8"]\nmax_accuracy_drop = 1.0\n')
+    result = run(load_config(config))
+    int8 = result.artifacts[0]
+    aware = int8.artifact.options["quantization"]["accuracy_aware"]
+    assert aware["met"] and aware["float_tensors"][0] == "relu"
+    assert aware["steps"][0]["accuracy"] < 0.95 <= aware["steps"][-1]["accuracy"]
+    assert aware["p50_ms"] > 0 and aware["p50_ms_all_int8"] > 0
+    assert (int8.verify.reference_accuracy - int8.verify.accuracy) * 100 <= 1.0  # on held-out data
+    assert "Accuracy-aware (met" in (result.run_dir / "report.md").read_text()
