@@ -79,7 +79,10 @@ class OnnxRuntimeOptions(Strict):
 
 class OpenVinoOptions(Strict):
     precisions: list[Literal["fp32", "fp16", "int8"]] = ["fp32", "fp16", "int8"]
-    preset: Literal["performance", "mixed"] = "performance"
+    preset: Literal["performance", "mixed"] = Field(
+        "performance", description="performance: symmetric int8 activations; mixed: asymmetric activations")
+    range_estimator: Literal["default", "minmax", "mean_minmax", "median_minmax", "mean_no_outliers_minmax",
+                             "mean_quantile", "histogram"] = Field("default", description="NNCF activation range estimator")
     model_type: Literal["auto", "cnn", "transformer"] = "auto"
     fast_bias_correction: bool = True
     smooth_quant: Literal["auto", "on", "off"] = Field(

@@ -11,6 +11,8 @@ from edgeport.targets.base import SourceModel, Target, accuracy_aware, int8_budg
 from edgeport.types import Artifact, CalibrationSet
 
 PRESETS = ("performance", "mixed")
+RANGE_ESTIMATORS = ("default", "minmax", "mean_minmax", "median_minmax", "mean_no_outliers_minmax", "mean_quantile",
+                    "histogram")
 MODEL_TYPES = ("auto", "cnn", "transformer")
 # Ops that mark an attention model, for which NNCF's transformer scheme keeps accuracy.
 ATTENTION_OPS = {"Softmax", "MVN", "ScaledDotProductAttention"}
@@ -73,6 +75,9 @@ class OpenVinoTarget(Target):
             raise ConfigError(f"openvino smooth_quant {options['smooth_quant']!r} unknown; choose auto, on or off")
         fast_bias_correction = bool(options.get("fast_bias_correction", True))
         smooth_quant = options.get("smooth_quant", "auto")
+        estimator = options.get("range_estimator", "default")
+        if estimator not in RANGE_ESTIMATORS:
+            raise ConfigError(f"openvino range_estimator {estimator!r} unknown; choose one of {', '.join(RANGE_ESTIMATORS)}")
         samples = list(calibration.samples())
         ignored = list(options.get("ignored_nodes") or [])
 
@@ -81,8 +86,14 @@ class OpenVinoTarget(Target):
                 AdvancedQuantizationParameters, AdvancedSmoothQuantParameters,
             )
 
-            advanced = None if smooth else AdvancedQuantizationParameters(
-                smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1.0))
+            from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+            settings = {}
+            if not smooth:
+                settings["smooth_quant_alphas"] = AdvancedSmoothQuantParameters(matmul=-1.0)
+            if estimator != "default":
+                settings["activations_range_estimator_params"] = getattr(RangeEstimatorParametersSet, estimator.upper())
+            advanced = AdvancedQuantizationParameters(**settings) if settings else None
             try:
                 return nncf.quantize(
                     ov.Core().read_model(str(float_artifact.main_file)), nncf.Dataset(samples),
@@ -95,7 +106,8 @@ class OpenVinoTarget(Target):
             except Exception as e:  # nncf raises many kinds; name the step and keep the cause
                 raise ExportError(f"nncf int8 quantization failed: {e}") from e
 
-        scheme = {"tool": "nncf", "preset": preset, "model_type": "transformer" if transformer else "cnn",
+        scheme = {"tool": "nncf", "preset": preset, "range_estimator": estimator,
+                  "model_type": "transformer" if transformer else "cnn",
                   "fast_bias_correction": fast_bias_correction, "samples": len(samples)}
         if not transformer:
             quantized = quantize(smooth=True)  # SmoothQuant applies to transformers only

@@ -196,3 +196,12 @@ def test_accuracy_budget_in_points_with_labelled_data(tmp_path):
     assert aware["p50_ms"] > 0 and aware["p50_ms_all_int8"] > 0
     assert (int8.verify.reference_accuracy - int8.verify.accuracy) * 100 <= 1.0  # on held-out data
     assert "Accuracy-aware (met" in (result.run_dir / "report.md").read_text()
+
+
+@pytest.mark.openvino
+def test_openvino_range_estimators_and_presets(tmp_path, model_cache):
+    targets = '[targets.openvino]\nprecisions = ["int8"]\npreset = "mixed"\nrange_estimator = "mean_quantile"\n'
+    int8 = run(load_config(write_config(tmp_path, targets=targets)), until="verify").artifacts[0]
+    scheme = int8.artifact.options["quantization"]
+    assert scheme["preset"] == "mixed" and scheme["range_estimator"] == "mean_quantile"
+    assert int8.verify.passed and int8.verify.cosine > 0.99
