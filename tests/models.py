@@ -116,26 +116,35 @@ def residual_net() -> ResidualNet:
     return ResidualNet().eval()
 
 
-class WideMLP(nn.Module):
-    """512-wide MLP whose layers have the decaying spectrum of trained layers (low rank plus noise)."""
-
-    def __init__(self, rank: int = 24, noise: float = 0.02):
-        super().__init__()
-        generator = torch.Generator().manual_seed(0)
-        self.net = nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
-        for layer in self.net:
-            if isinstance(layer, nn.Linear):
-                out_dim, in_dim = layer.weight.shape
-                low = torch.randn(out_dim, rank, generator=generator) @ torch.randn(rank, in_dim, generator=generator)
-                low /= (rank * in_dim) ** 0.5
-                layer.weight.data = low + noise * torch.randn(out_dim, in_dim, generator=generator) / in_dim**0.5
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+def wide_mlp_inputs(n: int, seed: int = 1) -> torch.Tensor:
+    """64-d inputs whose variance decays over directions, as image and sensor data do."""
+    basis = torch.linalg.qr(torch.randn(64, 64, generator=torch.Generator().manual_seed(0)))[0]
+    scales = 0.8 ** torch.arange(64, dtype=torch.float32)
+    return (torch.randn(n, 64, generator=torch.Generator().manual_seed(seed)) * scales) @ basis.T
 
 
-def wide_mlp() -> WideMLP:
-    return WideMLP().eval()
+def aligned_linear(x: torch.Tensor, out_dim: int, decay: float, generator: torch.Generator) -> nn.Linear:
+    """A Linear whose right singular vectors are its inputs' principal directions, strongest first,
+    with geometrically decaying singular values: the structure training gives layers on real data."""
+    _, _, vh = torch.linalg.svd(x, full_matrices=False)
+    k = min(out_dim, x.shape[1])
+    u = torch.linalg.qr(torch.randn(out_dim, k, generator=generator))[0]
+    s = decay ** torch.arange(k, dtype=torch.float32)
+    layer = nn.Linear(x.shape[1], out_dim)
+    layer.weight.data = (u * s) @ vh[:k] * x.shape[1] ** 0.5 / s.norm()
+    layer.bias.data.zero_()
+    return layer
+
+
+def wide_mlp() -> nn.Sequential:
+    """64 -> 512 -> 512 -> 10, each layer aligned with what it sees (see aligned_linear)."""
+    generator = torch.Generator().manual_seed(0)
+    x = wide_mlp_inputs(2048, seed=0)
+    l1 = aligned_linear(x, 512, 0.9, generator)
+    h1 = torch.relu(l1(x)).detach()
+    l2 = aligned_linear(h1, 512, 0.97, generator)
+    l3 = aligned_linear(torch.relu(l2(h1)).detach(), 10, 0.7, generator)
+    return nn.Sequential(l1, nn.ReLU(), l2, nn.ReLU(), l3).eval()
 
 
 class NotTraceable(nn.Module):

@@ -18,7 +18,7 @@ from edgeport.pipeline.interchange import export_onnx
 from edgeport.pipeline.model_loading import LoadedModel, state_digest
 from edgeport.types import CalibrationSet, TensorSpec
 from tests.conftest import REPO, write_config
-from tests.models import residual_net, wide_mlp
+from tests.models import residual_net, wide_mlp, wide_mlp_inputs
 
 IMAGE = [TensorSpec(name="image", shape=["batch", 1, 8, 8])]
 
@@ -77,13 +77,13 @@ def test_unstructured_pruning_shrinks_only_the_zip_size():
     assert "no speed" in notes["note"] or "dense runtimes" in notes["note"]
 
 
-@pytest.mark.parametrize("energy, min_cosine", [(0.99, 0.99), (0.9, 0.85)])
-def test_low_rank_on_a_wide_mlp(tmp_path, energy, min_cosine):
-    """Weight-only SVD keeps about sqrt(energy) of the output for inputs spread over every
-    direction: 0.99 energy gives cosine >= 0.99; 0.9 gives about 0.90 over three layers."""
+def test_low_rank_on_a_wide_mlp(tmp_path):
+    """90% of each layer's singular-value energy keeps the outputs (cosine >= 0.99) when the
+    layers' strong directions are the ones their inputs use, as in trained models."""
+    energy, min_cosine = 0.9, 0.99
     specs = [TensorSpec(name="x", shape=["batch", 64])]
     original = wide_mlp()
-    x = torch.randn(256, 64, generator=torch.Generator().manual_seed(1))
+    x = wide_mlp_inputs(512)
     with torch.no_grad():
         ref = original(x)
     factorised, notes = compress(wide_mlp(), LowRank(energy=energy), context(specs, original, x.numpy()))
@@ -99,7 +99,7 @@ def test_low_rank_on_a_wide_mlp(tmp_path, energy, min_cosine):
 
 def test_a_layer_is_only_factorised_when_that_saves_parameters():
     specs = [TensorSpec(name="x", shape=["batch", 64])]
-    _, notes = compress(wide_mlp(), LowRank(energy=1.0), context(specs, wide_mlp(), np.zeros((4, 64), np.float32)))
+    _, notes = compress(residual_net(), LowRank(energy=1.0), context(IMAGE, residual_net(), np.zeros((4, 1, 8, 8), np.float32)))
     assert notes["factorised"] == {}  # full energy means full rank: nothing saved, nothing replaced
 
 
