@@ -83,6 +83,7 @@ class OpenVinoOptions(Strict):
         "performance", description="performance: symmetric int8 activations; mixed: asymmetric activations")
     range_estimator: Literal["default", "minmax", "mean_minmax", "median_minmax", "mean_no_outliers_minmax",
                              "mean_quantile", "histogram"] = Field("default", description="NNCF activation range estimator")
+    per_channel: bool = Field(True, description="per-channel int8 weights (else one scale per tensor)")
     model_type: Literal["auto", "cnn", "transformer"] = "auto"
     fast_bias_correction: bool = True
     smooth_quant: Literal["auto", "on", "off"] = Field(

@@ -76,6 +76,7 @@ class OpenVinoTarget(Target):
         fast_bias_correction = bool(options.get("fast_bias_correction", True))
         smooth_quant = options.get("smooth_quant", "auto")
         estimator = options.get("range_estimator", "default")
+        per_channel = bool(options.get("per_channel", True))
         if estimator not in RANGE_ESTIMATORS:
             raise ConfigError(f"openvino range_estimator {estimator!r} unknown; choose one of {', '.join(RANGE_ESTIMATORS)}")
         samples = list(calibration.samples())
@@ -93,6 +94,10 @@ class OpenVinoTarget(Target):
                 settings["smooth_quant_alphas"] = AdvancedSmoothQuantParameters(matmul=-1.0)
             if estimator != "default":
                 settings["activations_range_estimator_params"] = getattr(RangeEstimatorParametersSet, estimator.upper())
+            if not per_channel:
+                from nncf.quantization.advanced_parameters import QuantizationParameters
+
+                settings["weights_quantization_params"] = QuantizationParameters(per_channel=False)
             advanced = AdvancedQuantizationParameters(**settings) if settings else None
             try:
                 return nncf.quantize(
@@ -106,7 +111,7 @@ class OpenVinoTarget(Target):
             except Exception as e:  # nncf raises many kinds; name the step and keep the cause
                 raise ExportError(f"nncf int8 quantization failed: {e}") from e
 
-        scheme = {"tool": "nncf", "preset": preset, "range_estimator": estimator,
+        scheme = {"tool": "nncf", "preset": preset, "range_estimator": estimator, "per_channel": per_channel,
                   "model_type": "transformer" if transformer else "cnn",
                   "fast_bias_correction": fast_bias_correction, "samples": len(samples)}
         if not transformer:

@@ -200,8 +200,9 @@ def test_accuracy_budget_in_points_with_labelled_data(tmp_path):
 
 @pytest.mark.openvino
 def test_openvino_range_estimators_and_presets(tmp_path, model_cache):
-    targets = '[targets.openvino]\nprecisions = ["int8"]\npreset = "mixed"\nrange_estimator = "mean_quantile"\n'
+    targets = ('[targets.openvino]\nprecisions = ["int8"]\npreset = "mixed"\nrange_estimator = "mean_quantile"\n'
+               'per_channel = false\n')
     int8 = run(load_config(write_config(tmp_path, targets=targets)), until="verify").artifacts[0]
     scheme = int8.artifact.options["quantization"]
-    assert scheme["preset"] == "mixed" and scheme["range_estimator"] == "mean_quantile"
+    assert scheme["preset"] == "mixed" and scheme["range_estimator"] == "mean_quantile" and not scheme["per_channel"]
     assert int8.verify.passed and int8.verify.cosine > 0.99
