@@ -28,8 +28,8 @@ def progress_listener(console: Console, verbose: bool = False):
                 progress.update(tasks[key], completed=1, description=f"{name} [dim]{event.seconds:.1f} s[/dim]")
             elif event.kind == "cached":
                 progress.add_task(f"{name} [dim](cached)[/dim]", total=1, completed=1)
-            elif event.kind == "progress":
-                progress.console.print(f"[dim]{event.stage:<9} {event.detail}[/dim]") if progress.live.is_started else None
+            elif event.kind == "progress" and progress.live.is_started:
+                progress.console.print(f"[dim]{event.stage:<9} {event.detail}[/dim]")
             elif event.kind == "warning":
                 console.print(f"[yellow]warning:[/yellow] {event.detail}")
 

@@ -98,7 +98,6 @@ def test_low_rank_on_a_wide_mlp(tmp_path):
 
 
 def test_a_layer_is_only_factorised_when_that_saves_parameters():
-    specs = [TensorSpec(name="x", shape=["batch", 64])]
     _, notes = compress(residual_net(), LowRank(energy=1.0), context(IMAGE, residual_net(), np.zeros((4, 1, 8, 8), np.float32)))
     assert notes["factorised"] == {}  # full energy means full rank: nothing saved, nothing replaced
 
