@@ -111,3 +111,28 @@ def median_ms(run, iterations: int = 200) -> float:
         run()
         times.append(time.perf_counter() - start)
     return float(np.median(times) * 1e3)
+
+
+def keep_sensitive_in_float(reference: np.ndarray, current, rank_layers, requantize, labels: np.ndarray | None,
+                            options: dict, size, latency) -> dict:
+    """The accuracy-aware loop both int8 targets share. While the budget (`int8_budget`) is missed
+    on calibration data, the most sensitive layer (`rank_layers()`, worst first) joins the float
+    ones and `requantize(nodes)` rebuilds the int8 model without those nodes. Returns the record
+    of what was kept in float and what that cost in size and latency."""
+    plain_size, plain_ms = size(), latency()
+    kept, excluded, history = [], [], []
+    limit = int(options.get("max_float_layers", 4))
+    while True:
+        met, measured = int8_budget(reference, current(), labels, options)
+        history.append({"float_layers": list(kept), **measured})
+        if met or len(kept) >= limit:
+            break
+        ranking = [r for r in rank_layers() if r["tensor"] not in kept]
+        if not ranking:
+            break
+        kept.append(ranking[0]["tensor"])
+        excluded += [n for n in ranking[0]["nodes"] if n not in excluded]
+        requantize(excluded)
+    return {"budget": {k: options.get(k) for k in ("max_accuracy_drop", "min_cosine")}, "float_tensors": kept,
+            "nodes_excluded": excluded, "steps": history, "met": met, "size_bytes_all_int8": plain_size,
+            "size_bytes": size(), "p50_ms_all_int8": plain_ms, "p50_ms": latency()}

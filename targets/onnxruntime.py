@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeport.errors import ConfigError, ExportError, require
-from edgeport.targets.base import SourceModel, Target, accuracy_aware, int8_budget, median_ms
+from edgeport.targets.base import SourceModel, Target, accuracy_aware, keep_sensitive_in_float, median_ms
 from edgeport.types import Artifact, CalibrationSet
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -43,28 +43,19 @@ class OnnxRuntimeTarget(Target):
         if not accuracy_aware(options):
             return artifact
         path = out_dir / "model.onnx"
-        reference = run_all(float_artifact.main_file, calibration)
-        plain_size, plain_ms = path.stat().st_size, latency_ms(path, calibration)
-        excluded: list[str] = list(options.get("nodes_to_exclude", []))
-        kept, history, limit = [], [], int(options.get("max_float_layers", 4))
-        while True:
-            met, measured = int8_budget(reference, run_all(path, calibration), calibration.labels, options)
-            history.append({"float_layers": list(kept), **measured})
-            if met or len(kept) >= limit:
-                break
-            ranking = [r for r in layer_sensitivity(float_artifact.main_file, path, calibration) if r["tensor"] not in kept]
-            if not ranking:
-                break
-            kept.append(ranking[0]["tensor"])
-            excluded += [n for n in ranking[0]["nodes"] if n not in excluded]
-            artifact = self._quantize(source, float_artifact, calibration, out_dir, {**options, "nodes_to_exclude": excluded})
-        artifact.options["quantization"]["accuracy_aware"] = {
-            "budget": {k: options.get(k) for k in ("max_accuracy_drop", "min_cosine")}, "float_tensors": kept,
-            "nodes_excluded": excluded, "steps": history, "met": met,
-            "size_bytes_all_int8": plain_size, "size_bytes": path.stat().st_size,
-            "p50_ms_all_int8": plain_ms, "p50_ms": latency_ms(path, calibration),
-        }
-        return artifact
+        given = list(options.get("nodes_to_exclude", []))
+        built = [artifact]
+
+        def requantize(nodes: list[str]) -> None:
+            built.append(self._quantize(source, float_artifact, calibration, out_dir,
+                                        {**options, "nodes_to_exclude": given + nodes}))
+
+        record = keep_sensitive_in_float(
+            run_all(float_artifact.main_file, calibration), lambda: run_all(path, calibration),
+            lambda: layer_sensitivity(float_artifact.main_file, path, calibration), requantize, calibration.labels,
+            options, lambda: path.stat().st_size, lambda: latency_ms(path, calibration))
+        built[-1].options["quantization"]["accuracy_aware"] = record
+        return built[-1]
 
     def _quantize(self, source: SourceModel, float_artifact: Artifact, calibration: CalibrationSet, out_dir: Path,
                   options: dict) -> Artifact:

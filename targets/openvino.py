@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeport.errors import ConfigError, ExportError, require
-from edgeport.targets.base import SourceModel, Target, accuracy_aware, int8_budget, median_ms
+from edgeport.targets.base import SourceModel, Target, accuracy_aware, keep_sensitive_in_float, median_ms
 from edgeport.types import Artifact, CalibrationSet
 
 PRESETS = ("performance", "mixed")
@@ -145,31 +145,21 @@ class OpenVinoTarget(Target):
 
     def _keep_sensitive_in_float(self, float_artifact: Artifact, calibration: CalibrationSet, out_dir: Path,
                                  options: dict, ignored: list[str], requantize) -> dict:
-        """Accuracy-aware int8: while the budget is missed on calibration data, keep the most
-        sensitive activation in float (NNCF ignored scope on the ops that read it)."""
+        """Accuracy-aware int8 through NNCF's ignored scope on the ops that read a sensitive tensor."""
         ov = require("openvino", "openvino")
         path = out_dir / "model.xml"
-        reference = outputs_on(ov, ov.Core().read_model(str(float_artifact.main_file)), calibration)
-        plain_size = sum((out_dir / n).stat().st_size for n in ("model.xml", "model.bin"))
-        plain_ms = latency_ms(ov, path, calibration)
-        kept, history, limit = [], [], int(options.get("max_float_layers", 4))
-        while True:
-            current = outputs_on(ov, ov.Core().read_model(str(path)), calibration)
-            met, measured = int8_budget(reference, current, calibration.labels, options)
-            history.append({"float_layers": list(kept), **measured})
-            if met or len(kept) >= limit:
-                break
-            ranking = [r for r in layer_sensitivity(float_artifact.main_file, path, calibration) if r["tensor"] not in kept]
-            if not ranking:
-                break
-            kept.append(ranking[0]["tensor"])
-            ignored += [n for n in ranking[0]["nodes"] if n not in ignored]  # quantize() reads this list
+        given = list(ignored)
+
+        def rebuild(nodes: list[str]) -> None:
+            ignored[:] = given + nodes  # quantize() reads this list
             ov.save_model(requantize(), str(path), compress_to_fp16=False)
-        return {"budget": {k: options.get(k) for k in ("max_accuracy_drop", "min_cosine")}, "float_tensors": kept,
-                "nodes_excluded": list(ignored), "steps": history, "met": met,
-                "size_bytes_all_int8": plain_size,
-                "size_bytes": sum((out_dir / n).stat().st_size for n in ("model.xml", "model.bin")),
-                "p50_ms_all_int8": plain_ms, "p50_ms": latency_ms(ov, path, calibration)}
+
+        return keep_sensitive_in_float(
+            outputs_on(ov, ov.Core().read_model(str(float_artifact.main_file)), calibration),
+            lambda: outputs_on(ov, ov.Core().read_model(str(path)), calibration),
+            lambda: layer_sensitivity(float_artifact.main_file, path, calibration), rebuild, calibration.labels,
+            options, lambda: sum((out_dir / n).stat().st_size for n in ("model.xml", "model.bin")),
+            lambda: latency_ms(ov, path, calibration))
 
     def load(self, artifact: Artifact, threads: int):
         ov = require("openvino", "openvino")
