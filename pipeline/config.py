@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edgeport import targets
 from edgeport.errors import ConfigError, did_you_mean
+from edgeport.pipeline.compress.configs import CompressConfig
 from edgeport.types import TensorSpec
 
 
@@ -158,9 +159,6 @@ class BenchConfig(Strict):
     warmup: int = Field(10, ge=0)
     threads: int = Field(0, ge=0, description="0 = every core of the machine")
     baseline: bool = Field(True, description="also time PyTorch eager fp32 with the same harness")
-
-
-from edgeport.pipeline.compress.configs import CompressConfig  # noqa: E402
 
 
 class PackageConfig(Strict):

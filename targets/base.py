@@ -77,11 +77,22 @@ class Target(ABC):
         )
 
 
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    x, y = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    return float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y) + 1e-30))
+
+
+def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio; identical outputs give 300 dB (JSON has no infinity)."""
+    noise = float(np.sum((reference.astype(np.float64) - approx) ** 2))
+    signal = float(np.sum(reference.astype(np.float64) ** 2))
+    return 300.0 if noise == 0 else float(10 * np.log10(max(signal, 1e-30) / noise))
+
+
 def int8_budget(reference: np.ndarray, current: np.ndarray, labels: np.ndarray | None, options: dict) -> tuple[bool, dict]:
     """Whether an int8 model's outputs on calibration data meet the accuracy-aware budget:
     `max_accuracy_drop` (points, when the calibration samples have labels) or `min_cosine`."""
-    a, b = reference.astype(np.float64).ravel(), current.astype(np.float64).ravel()
-    measured = {"cosine": float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))}
+    measured = {"cosine": cosine(reference, current)}
     drop = options.get("max_accuracy_drop")
     if drop is not None and labels is not None and reference.ndim == 2:
         labels = labels[: len(reference)]

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from edgeport.errors import ConfigError, ExportError, require
-from edgeport.targets.base import SourceModel, Target, accuracy_aware, keep_sensitive_in_float, median_ms
+from edgeport.targets.base import (
+    SourceModel, Target, accuracy_aware, keep_sensitive_in_float, median_ms, sqnr_db,
+)
 from edgeport.types import Artifact, CalibrationSet
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -115,9 +117,10 @@ class OnnxRuntimeTarget(Target):
         return OrtSession()
 
 
-def run_all(path: Path, calibration: CalibrationSet, samples: int = 128) -> np.ndarray:
+def run_all(model: Path | bytes, calibration: CalibrationSet, samples: int = 128) -> np.ndarray:
+    """The first output on the first `samples` calibration samples (a file path or model bytes)."""
     ort = require("onnxruntime", "onnxruntime")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), providers=["CPUExecutionProvider"])
     feeds = {k: v[:samples] for k, v in calibration.inputs.items()}
     if all(isinstance(d, int) for i in session.get_inputs() for d in i.shape):
         count = len(next(iter(feeds.values())))
@@ -133,12 +136,6 @@ def latency_ms(path: Path, calibration: CalibrationSet) -> float:
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feed = next(calibration.samples())
     return median_ms(lambda: session.run(None, feed))
-
-
-def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
-    noise = float(np.sum((reference.astype(np.float64) - approx) ** 2))
-    signal = float(np.sum(reference.astype(np.float64) ** 2))
-    return 300.0 if noise == 0 else float(10 * np.log10(max(signal, 1e-30) / noise))
 
 
 def with_fake_quant(model, tensor: str, scale: np.ndarray, zero: np.ndarray):
@@ -169,7 +166,7 @@ def layer_sensitivity(float_path: Path, quant_path: Path, calibration: Calibrati
     import onnx
     from onnx import numpy_helper
 
-    ort = require("onnxruntime", "onnxruntime")
+    require("onnxruntime", "onnxruntime")
     quant = onnx.load(str(quant_path))
     consts = {t.name: numpy_helper.to_array(t) for t in quant.graph.initializer}
     by_input: dict[str, list] = {}
@@ -186,15 +183,9 @@ def layer_sensitivity(float_path: Path, quant_path: Path, calibration: Calibrati
             consumers[node.input[0]] = sorted({c.name for dq in dq_nodes for c in by_input.get(dq.output[0], [])})
     model = onnx.load(str(float_path))
     known = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
-    feeds = {k: v[:samples] for k, v in calibration.inputs.items()}
-    count = len(next(iter(feeds.values())))
 
     def outputs(proto) -> np.ndarray:
-        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-        fixed = all(isinstance(d, int) for i in session.get_inputs() for d in i.shape)
-        if fixed:
-            return np.concatenate([session.run(None, {k: v[i : i + 1] for k, v in feeds.items()})[0] for i in range(count)])
-        return session.run(None, feeds)[0]
+        return run_all(proto.SerializeToString(), calibration, samples)
 
     reference = outputs(model)
     results = []

@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from edgeport.errors import ConfigError, ExportError, require
-from edgeport.targets.base import SourceModel, Target, accuracy_aware, keep_sensitive_in_float, median_ms
+from edgeport.targets.base import (
+    SourceModel, Target, accuracy_aware, cosine, keep_sensitive_in_float, median_ms, sqnr_db,
+)
 from edgeport.types import Artifact, CalibrationSet
 
 PRESETS = ("performance", "mixed")
@@ -27,11 +29,6 @@ def compile_for_verification(ov, model, threads: int):
     verification would judge the CPU's mode, not the file."""
     config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
     return ov.Core().compile_model(model if not isinstance(model, Path) else str(model), "CPU", config)
-
-
-def cosine(a: list[np.ndarray], b: list[np.ndarray]) -> float:
-    x, y = np.concatenate([v.ravel() for v in a]).astype(np.float64), np.concatenate([v.ravel() for v in b]).astype(np.float64)
-    return float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y) + 1e-30))
 
 
 class OpenVinoTarget(Target):
@@ -131,7 +128,7 @@ class OpenVinoTarget(Target):
             for smooth in (True, False):
                 candidate = quantize(smooth)
                 compiled = compile_for_verification(ov, candidate, 1)
-                scores[smooth] = (cosine(ref, [compiled(s)[0] for s in probe]), candidate)
+                scores[smooth] = (cosine(np.concatenate(ref), np.concatenate([compiled(s)[0] for s in probe])), candidate)
             best = max(scores, key=lambda k: scores[k][0])
             quantized, smooth = scores[best][1], best
             scheme["smooth_quant"] = "on" if best else "off"
@@ -185,11 +182,6 @@ def latency_ms(ov, path: Path, calibration: CalibrationSet) -> float:
     compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1})
     request, feed = compiled.create_infer_request(), next(calibration.samples())
     return median_ms(lambda: request.infer(feed))
-
-
-def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
-    noise = float(np.sum((reference.astype(np.float64) - approx) ** 2))
-    return 300.0 if noise == 0 else float(10 * np.log10(max(float(np.sum(reference.astype(np.float64) ** 2)), 1e-30) / noise))
 
 
 def activation_quantizers(ov, quantized_path: Path) -> list[dict]:

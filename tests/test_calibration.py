@@ -108,14 +108,19 @@ OUTLIER_MODEL = '[model]\nsource = "tests.models:outlier_mlp"\ninputs = [{ name 
 GAUSSIAN = '[data]\nsource = "npy"\npath = "x.npy"\ncalibration_samples = 128\n'
 
 
+def outlier_config(folder, target: str, name: str, options: str = ""):
+    """The outlier model on Gaussian inputs, int8 on one target; the plain run tolerates its bad cosine."""
+    if not (folder / "x.npy").exists():
+        np.save(folder / "x.npy", np.random.default_rng(0).standard_normal((400, 64)).astype(np.float32))
+    tolerance = "" if options else "[verify.tolerances.int8]\nmin_cosine = 0.5\n"
+    return write_config(folder, model=OUTLIER_MODEL, data=GAUSSIAN, name=name, body=tolerance,
+                        targets=f'[targets.{target}]\nprecisions = ["int8"]\n{options}')
+
+
 @pytest.mark.onnxruntime
 def test_the_outlier_layer_is_ranked_first_and_kept_in_float(tmp_path):
     """fc1's activation has one channel 1000x the others: one int8 scale crushes the rest."""
-    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((400, 64)).astype(np.float32))
-    plain = write_config(tmp_path, model=OUTLIER_MODEL, data=GAUSSIAN, name="plain",
-                         targets='[targets.onnxruntime]\nprecisions = ["int8"]\n',
-                         body="[verify.tolerances.int8]\nmin_cosine = 0.5\n")
-    result = run(load_config(plain))
+    result = run(load_config(outlier_config(tmp_path, "onnxruntime", "plain")))
     int8 = result.artifacts[0]
     assert int8.sensitivity[0]["tensor"] == "relu" and int8.sensitivity[0]["op"] in ("Gemm", "Relu")
     assert int8.sensitivity[0]["output_sqnr_db"] < int8.sensitivity[1]["output_sqnr_db"] - 20
@@ -124,9 +129,7 @@ def test_the_outlier_layer_is_ranked_first_and_kept_in_float(tmp_path):
     assert out.exit_code == 0 and out.output.index("relu") < out.output.index("x ")
     assert (result.run_dir / "sensitivity-onnxruntime-int8.png").is_file()
 
-    aware = write_config(tmp_path, model=OUTLIER_MODEL, data=GAUSSIAN, name="aware",
-                         targets='[targets.onnxruntime]\nprecisions = ["int8"]\nmin_cosine = 0.999\n')
-    result = run(load_config(aware), until="verify")
+    result = run(load_config(outlier_config(tmp_path, "onnxruntime", "aware", "min_cosine = 0.999\n")), until="verify")
     int8 = result.artifacts[0]
     record = int8.artifact.options["quantization"]["accuracy_aware"]
     assert record["float_tensors"] == ["relu"] and record["met"]
@@ -158,17 +161,12 @@ def test_an_unsupported_combination_lists_what_the_target_has(tmp_path):
 
 @pytest.mark.openvino
 def test_openvino_ranks_the_outlier_first_and_keeps_it_in_float(tmp_path):
-    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((400, 64)).astype(np.float32))
-    plain = write_config(tmp_path, model=OUTLIER_MODEL, data=GAUSSIAN, name="plain",
-                         targets='[targets.openvino]\nprecisions = ["int8"]\n',
-                         body="[verify.tolerances.int8]\nmin_cosine = 0.5\n")
-    int8 = run(load_config(plain), until="verify").artifacts[0]
+    int8 = run(load_config(outlier_config(tmp_path, "openvino", "plain")), until="verify").artifacts[0]
     assert int8.sensitivity[0]["tensor"] == "node_relu"  # the activation with the outlier channel
     assert int8.sensitivity[0]["output_sqnr_db"] < int8.sensitivity[1]["output_sqnr_db"] - 10
     assert int8.verify.cosine < 0.999
-    aware = write_config(tmp_path, model=OUTLIER_MODEL, data=GAUSSIAN, name="aware",
-                         targets='[targets.openvino]\nprecisions = ["int8"]\nmin_cosine = 0.999\n')
-    int8 = run(load_config(aware), until="verify").artifacts[0]
+    int8 = run(load_config(outlier_config(tmp_path, "openvino", "aware", "min_cosine = 0.999\n")),
+               until="verify").artifacts[0]
     record = int8.artifact.options["quantization"]["accuracy_aware"]
     assert record["float_tensors"][0] == "node_relu" and record["met"]
     assert int8.verify.cosine >= 0.999
