@@ -18,7 +18,8 @@ import sys
 from importlib.resources import files
 from pathlib import Path
 
-from edgeport.devices import local
+from edgeport.devices.local import LocalDevice
+from edgeport.devices.remote import measure
 from edgeport.pipeline.config import load_config
 from edgeport.pipeline.run import Run
 
@@ -42,11 +43,10 @@ def benchmark_app_median(xml: Path, shape: list[int], threads: int, seconds: flo
 
 
 def edgeport_p50(artifact, threads: int, seconds: float) -> float:
-    request = {"runtime": "openvino", "model": str(artifact.main_file.resolve()),
-               "inputs": [s.model_dump() for s in artifact.inputs],
-               "options": {"hint": "f32", "performance_hint": "latency", "streams": 1},
-               "iterations": 100, "min_seconds": seconds, "warmup": 10, "threads": threads}
-    result = local.bench(request)
+    settings = {"options": {"hint": "f32", "performance_hint": "latency", "streams": 1},
+                "iterations": 100, "min_seconds": seconds, "warmup": 10, "threads": threads}
+    with LocalDevice() as device:
+        result = measure(device, artifact, settings)
     return result["p50_ms"], result["options"]["wall_p50_ms"]
 
 

@@ -19,7 +19,18 @@ import resource
 import sys
 import time
 
-import numpy as np
+try:
+    import numpy as np
+except ImportError:  # the probe still answers, saying numpy is missing
+    np = None
+
+# The module each runtime is imported as, and the pip package that provides it.
+RUNTIME_PACKAGES = {
+    "onnxruntime": [("onnxruntime", "onnxruntime")],
+    "openvino": [("openvino", "openvino")],
+    "tflite": [("ai_edge_litert", "ai-edge-litert"), ("tflite_runtime", "tflite-runtime")],
+}
+MISSING_RUNTIME = 3  # exit code: the runtime (or numpy) is not installed here
 
 
 def measure(run_once, warmup: int, iterations: int, min_seconds: float, runtime_clock=None) -> dict:
@@ -102,19 +113,23 @@ def device_facts() -> dict:
         "cores": os.cpu_count(),
         "os": platform.platform(),
         "python": platform.python_version(),
-        "numpy": np.__version__,
+        "numpy": np.__version__ if np is not None else None,
         "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
         "temperature_c": float(temp) / 1000.0 if temp and temp.lstrip("-").isdigit() else None,
     }
 
 
-# --- one loader per runtime: (path, threads, options, feeds) -> (runtime_version, run() -> outputs, options
-# that ran, runtime clock or None).
-# Inputs are bound once, as an app reuses its input buffers (and as benchmark_app and
-# benchmark_model measure): the timed call is the inference, not copying numpy arrays in.
+# --- one loader per runtime: (path, threads, options, shapes) -> Loaded.
+# Inputs are bound once before timing, as an app reuses its input buffers (and as benchmark_app
+# and benchmark_model measure): the timed call is the inference, not copying numpy arrays in.
 
 
-def load_onnxruntime(path: str, threads: int, options: dict, feeds: dict):
+class Loaded:
+    def __init__(self, version, ran: dict, set_inputs, invoke, clock=None):
+        self.version, self.ran, self.set_inputs, self.invoke, self.clock = version, ran, set_inputs, invoke, clock
+
+
+def load_onnxruntime(path: str, threads: int, options: dict, shapes: dict) -> Loaded:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -122,25 +137,27 @@ def load_onnxruntime(path: str, threads: int, options: dict, feeds: dict):
     so.inter_op_num_threads = 1
     session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
     binding = session.io_binding()
-    for name, value in feeds.items():
-        binding.bind_cpu_input(name, value)
-    for output in session.get_outputs():
-        binding.bind_output(output.name, "cpu")
 
-    def run():
+    def set_inputs(feeds):
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        for output in session.get_outputs():
+            binding.bind_output(output.name, "cpu")
+
+    def invoke():
         session.run_with_iobinding(binding)
         return binding.get_outputs()
 
-    return ort.__version__, run, {"providers": ["CPUExecutionProvider"], "io": "bound once"}, None
+    return Loaded(ort.__version__, {"providers": ["CPUExecutionProvider"], "io": "bound once"}, set_inputs, invoke)
 
 
-def load_openvino(path: str, threads: int, options: dict, feeds: dict):
+def load_openvino(path: str, threads: int, options: dict, shapes: dict) -> Loaded:
     import openvino as ov
 
     core = ov.Core()
     model = core.read_model(path)
     if model.is_dynamic():  # fix the batch as a deployed app would: static shapes get faster kernels
-        model.reshape({name: list(value.shape) for name, value in feeds.items()})
+        model.reshape({name: list(shape) for name, shape in shapes.items()})
     hint = options.get("hint", "f32")
     config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": options.get("performance_hint", "LATENCY").upper()}
     if hint != "default":
@@ -149,8 +166,6 @@ def load_openvino(path: str, threads: int, options: dict, feeds: dict):
         config["NUM_STREAMS"] = str(options["streams"])
     compiled = core.compile_model(model, "CPU", config)
     request = compiled.create_infer_request()
-    for name, value in feeds.items():
-        request.set_tensor(name, ov.Tensor(value, shared_memory=True))
     ran = {"io": "bound once",
         "hint": hint,
         "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
@@ -158,16 +173,20 @@ def load_openvino(path: str, threads: int, options: dict, feeds: dict):
         "streams": int(compiled.get_property("NUM_STREAMS")),
     }
 
-    def run():
+    def set_inputs(feeds):
+        for name, value in feeds.items():
+            request.set_tensor(name, ov.Tensor(value, shared_memory=True))
+
+    def invoke():
         request.infer()
         return [request.get_output_tensor(i).data for i in range(len(compiled.outputs))]
 
     # OpenVINO times each request itself (what benchmark_app reports); the Python call adds
     # a few microseconds that a C++ app does not pay. The wall-clock median is kept too.
-    return ov.get_version(), run, ran, lambda: request.latency
+    return Loaded(ov.get_version(), ran, set_inputs, invoke, lambda: request.latency)
 
 
-def load_tflite(path: str, threads: int, options: dict, feeds: dict):
+def load_tflite(path: str, threads: int, options: dict, shapes: dict) -> Loaded:
     try:
         from ai_edge_litert.interpreter import Interpreter
         import ai_edge_litert as lib
@@ -183,37 +202,46 @@ def load_tflite(path: str, threads: int, options: dict, feeds: dict):
     interpreter.allocate_tensors()
     ins = {d["name"]: d["index"] for d in interpreter.get_input_details()}
     outs = [d["index"] for d in interpreter.get_output_details()]
-    for name, value in feeds.items():
-        interpreter.set_tensor(ins[name], value)
 
-    def run():
+    def set_inputs(feeds):
+        for name, value in feeds.items():
+            interpreter.set_tensor(ins[name], value)
+
+    def invoke():
         interpreter.invoke()
         return [interpreter.get_tensor(i) for i in outs]
 
-    return getattr(lib, "__version__", "unknown"), run, {"xnnpack": options.get("xnnpack", True), "io": "bound once"}, None
+    ran = {"xnnpack": options.get("xnnpack", True), "io": "bound once"}
+    return Loaded(getattr(lib, "__version__", "unknown"), ran, set_inputs, invoke)
 
 
 LOADERS = {"onnxruntime": load_onnxruntime, "openvino": load_openvino, "tflite": load_tflite}
 
 
-def bench(request: dict) -> dict:
-    """Load the model, time it, and return the BenchResult fields."""
+def bench(request: dict, folder: str = ".") -> dict:
+    """Load the model, time it, and return the BenchResult fields. With request["verify"], also
+    run every sample of that .npz (inputs already in the artifact's layout and dtype) and save the
+    outputs beside the result for the host to compare with PyTorch."""
     runtime = request["runtime"]
-    threads = int(request.get("threads", 1))
+    threads = int(request.get("threads") or 0) or os.cpu_count() or 1  # 0 = every core of this device
     batch = int(request.get("batch", 1))
+    model = os.path.join(folder, request["model"])
     feeds = random_feeds(request["inputs"], batch, int(request.get("seed", 0)))
     t0 = time.perf_counter()
-    version, run, ran, clock = LOADERS[runtime](request["model"], threads, request.get("options", {}), feeds)
+    loaded = LOADERS[runtime](model, threads, request.get("options", {}), {k: v.shape for k, v in feeds.items()})
+    loaded.set_inputs(feeds)
     load_ms = (time.perf_counter() - t0) * 1e3
     t0 = time.perf_counter()
-    run()
+    loaded.invoke()
     first_ms = (time.perf_counter() - t0) * 1e3
-    stats = measure(run, int(request["warmup"]), int(request["iterations"]), float(request["min_seconds"]), clock)
+    stats = measure(loaded.invoke, int(request["warmup"]), int(request["iterations"]), float(request["min_seconds"]),
+                    loaded.clock)
+    ran = dict(loaded.ran)
     ran["clock"], ran["wall_p50_ms"] = stats.pop("clock"), stats.pop("wall_p50_ms")
-    return {
+    result = {
         "device": request.get("device", "local"),
         "runtime": runtime,
-        "runtime_version": str(version),
+        "runtime_version": str(loaded.version),
         "threads": threads,
         "warmup": int(request["warmup"]),
         "batch": batch,
@@ -221,23 +249,87 @@ def bench(request: dict) -> dict:
         "load_ms": load_ms,
         "first_ms": first_ms,
         "peak_rss_mb": peak_rss_mb(),
-        "model_size_bytes": int(request.get("model_size_bytes") or os.path.getsize(request["model"])),
+        "model_size_bytes": int(request.get("model_size_bytes") or os.path.getsize(model)),
         "options": ran,
         "device_facts": device_facts(),
     }
+    if request.get("verify"):
+        result["verify_outputs"] = run_samples(loaded, os.path.join(folder, request["verify"]), folder)
+    return result
+
+
+def run_samples(loaded: Loaded, path: str, folder: str) -> str:
+    """Run each sample of an .npz of inputs one at a time; write outputs.npz (out0, out1, ...)."""
+    data = np.load(path)
+    names = list(data.files)
+    outputs: list[list] = []
+    for i in range(len(data[names[0]])):
+        loaded.set_inputs({name: np.ascontiguousarray(data[name][i : i + 1]) for name in names})
+        for k, out in enumerate(loaded.invoke()):
+            if len(outputs) <= k:
+                outputs.append([])
+            outputs[k].append(np.array(out.numpy() if hasattr(out, "numpy") else out))  # a copy: buffers are reused
+    name = "verify_outputs.npz"
+    np.savez(os.path.join(folder, name), **{f"out{k}": np.concatenate(parts) for k, parts in enumerate(outputs)})
+    return name
+
+
+def runtime_versions() -> dict:
+    """Each runtime's version here, or None when it does not import (with why)."""
+    found = {}
+    for runtime, candidates in RUNTIME_PACKAGES.items():
+        found[runtime] = None
+        for module, package in candidates:
+            try:
+                lib = __import__(module)
+            except ModuleNotFoundError:
+                continue
+            except Exception as e:  # installed but broken, e.g. tflite_runtime under numpy 2
+                found.setdefault("problems", {})[module] = f"{e.__class__.__name__}: {e}"[:200]
+                continue
+            version = getattr(lib, "__version__", None) or (lib.get_version() if hasattr(lib, "get_version") else "?")
+            found[runtime] = {"module": module, "package": package, "version": str(version)}
+            break
+    return found
+
+
+def probe() -> dict:
+    """What `edgeport devices check` reports: facts, Python, numpy and each runtime."""
+    if np is None:
+        return {"arch": platform.machine(), "os": platform.platform(), "python": platform.python_version(),
+                "numpy": None, "runtimes": {}}
+    return {**device_facts(), "runtimes": runtime_versions()}
+
+
+def write_json(path: str, data: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
 
 
 def main(argv: list[str]) -> int:
+    if len(argv) == 2 and argv[1] == "--probe":
+        print(json.dumps(probe()))
+        return 0
     if len(argv) != 3:
-        print("usage: runner.py request.json result.json", file=sys.stderr)
+        print("usage: runner.py request.json result.json | runner.py --probe", file=sys.stderr)
         return 2
     with open(argv[1]) as f:
         request = json.load(f)
-    result = bench(request)
-    tmp = argv[2] + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, argv[2])
+    folder = os.path.dirname(os.path.abspath(argv[1]))
+    try:
+        if np is None:
+            raise ImportError("No module named 'numpy'", name="numpy")
+        result = bench(request, folder)
+    except ImportError as e:
+        # Tell the host exactly what is missing, so it can print the pip line.
+        missing = e.name or str(e)
+        packages = {m: p for candidates in RUNTIME_PACKAGES.values() for m, p in candidates}
+        write_json(argv[2], {"error": "missing-module", "module": missing,
+                             "package": packages.get(missing, missing), "detail": str(e)[:300]})
+        return MISSING_RUNTIME
+    write_json(argv[2], result)
     return 0
 
 

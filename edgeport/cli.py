@@ -223,45 +223,108 @@ def verify(
         raise typer.Exit(3)
 
 
+DevicesDirOpt = Annotated[Optional[Path], typer.Option("--devices-dir", help="folder of device profiles (*.toml); "
+                                                      "default $EDGEPORT_DEVICES_DIR, plus the built-ins")]
+
+
 @app.command()
 def bench(
     artifacts: Annotated[list[Path], typer.Argument(help="artifact folders (holding artifact.json)", show_default=False)],
-    threads: Annotated[int, typer.Option(help="inference threads (0 = every core)")] = 0,
+    device: Annotated[Optional[list[str]], typer.Option("--device", "-d", help="device profile (repeatable; default local)")] = None,
+    devices_dir: DevicesDirOpt = None,
+    threads: Annotated[Optional[int], typer.Option(help="inference threads (0 = every core; default: the profile's)")] = None,
     iterations: Annotated[int, typer.Option(help="at least this many timed runs")] = 100,
     min_seconds: Annotated[float, typer.Option(help="and at least this long")] = 2.0,
     warmup: Annotated[int, typer.Option(help="untimed runs first")] = 10,
     hint: Annotated[str, typer.Option(help="OpenVINO INFERENCE_PRECISION_HINT: f32, bf16 or default")] = "f32",
+    output: Annotated[Path, typer.Option("--out", help="results so far, rewritten after every measurement")] = Path("bench.json"),
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Time artifacts on this machine, each in a fresh process (same harness as `run`)."""
+    """Time artifacts on one or more devices (this machine, a board over SSH, a phone over adb),
+    each in a fresh process, with the same harness as `run`."""
     setup_logging(verbose)
-    import os
+    from edgeport.devices.remote import bench_many
 
-    from edgeport import targets
-    from edgeport.devices import local
-    from edgeport.types import Artifact, BenchResult
-
+    results = []
     try:
-        results = []
-        for path in artifacts:
-            a = Artifact.load(path)
-            options = {"hint": hint} if a.target == "openvino" else {}
-            targets.get(a.target)  # one line naming the extra when the runtime is missing
-            request = {"runtime": a.target, "model": str(a.main_file.resolve()),
-                       "inputs": [s.model_dump() for s in a.inputs], "options": options, "model_size_bytes": a.size_bytes,
-                       "iterations": iterations, "min_seconds": min_seconds, "warmup": warmup,
-                       "threads": threads or os.cpu_count() or 1}
-            with err.status(f"benchmarking {a.label}"):
-                results.append((a, BenchResult.model_validate(local.bench(request))))
+        settings = {"iterations": iterations, "min_seconds": min_seconds, "warmup": warmup, "threads": threads}
+        for a, b in bench_many(artifacts, device or ["local"], devices_dir, settings, {"hint": hint}, output):
+            results.append((a, b))
+            err.print(f"measured {a.label} on {b.device}: p50 {b.p50_ms} ms", highlight=False)
     except EdgeportError as e:
+        if results:
+            show_bench(results, as_json)
         raise fail(e) from None
+    show_bench(results, as_json)
+
+
+def show_bench(results, as_json: bool) -> None:
     if as_json:
         out.print_json(json.dumps([{"artifact": str(a.root), **b.model_dump()} for a, b in results]))
     else:
         from edgeport.cli_tables import bench_table
 
         out.print(bench_table(results))
+
+
+devices_app = typer.Typer(help="Device profiles: list them, check one (connects, reports what it has).",
+                          no_args_is_help=True)
+app.add_typer(devices_app, name="devices")
+
+
+@devices_app.command("list")
+def devices_list(devices_dir: DevicesDirOpt = None, as_json: JsonOpt = False) -> None:
+    """Built-in and user device profiles (connects to none)."""
+    from edgeport.devices.profiles import all_profiles
+
+    try:
+        profiles = all_profiles(devices_dir)
+    except EdgeportError as e:
+        raise fail(e) from None
+    if as_json:
+        out.print_json(json.dumps([{**p.model_dump(), "source": p.source} for p in profiles.values()]))
+        return
+    from rich.table import Table
+
+    table = Table("name", "transport", "address", "arch", "threads", "runtimes", "profile")
+    for p in profiles.values():
+        table.add_row(p.name, p.transport, escape(p.address), p.arch or "—", str(p.threads or "all"),
+                      ", ".join(p.runtimes) or "—", escape(p.source))
+    out.print(table)
+
+
+@devices_app.command("check")
+def devices_check(
+    name: Annotated[str, typer.Argument(help="device profile name")],
+    devices_dir: DevicesDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Connect, and report the device's OS, arch, CPU, Python, numpy and runtimes; exit 2 naming
+    what is missing (and the pip line that installs it)."""
+    from edgeport.devices.check import check_device
+
+    try:
+        with err.status(f"connecting to {name}"):
+            report = check_device(name, devices_dir)
+    except EdgeportError as e:
+        raise fail(e) from None
+    if as_json:
+        out.print_json(json.dumps(report))
+    else:
+        facts = report["facts"]
+        out.print(f"[bold]{name}[/bold] ({escape(report['address'])}): {facts.get('os')}", highlight=False)
+        out.print(f"  arch    {facts.get('arch')}  cpu {facts.get('cpu')}  cores {facts.get('cores')}"
+                  f"  governor {facts.get('governor')}  temperature {facts.get('temperature_c')}", highlight=False)
+        out.print(f"  python  {facts.get('python')}  numpy {facts.get('numpy') or '[red]missing[/red]'}", highlight=False)
+        for runtime, found in report["runtimes"].items():
+            shown = f"{found['version']} ({found['module']})" if found else "[red]missing[/red]"
+            out.print(f"  {runtime:<12} {shown}", highlight=False)
+        for warning in report["warnings"]:
+            err.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+    if report["problem"]:
+        err.print(f"[red]error:[/red] {escape(report['problem'])}", highlight=False)
+        raise typer.Exit(2)
 
 
 @app.command("package")

@@ -9,12 +9,12 @@ from edgeport.pipeline.report import fmt, table_rows
 
 def results_table(result) -> Table:
     table = Table(title=f"edgeport run '{result.config.name}'", title_justify="left")
-    for col in ("target", "precision", "variant", "size (KB)", "accuracy (%)", "cosine", "p50 (ms)", "p90 (ms)",
+    for col in ("target", "precision", "variant", "device", "size (KB)", "accuracy (%)", "cosine", "p50 (ms)", "p90 (ms)",
                 "speedup", "verified"):
-        table.add_column(col, justify="left" if col in ("target", "precision", "variant", "verified") else "right")
+        table.add_column(col, justify="left" if col in ("target", "precision", "variant", "device", "verified") else "right")
     for row in table_rows(result):
         verdict = {"pass": "[green]pass[/green]", "FAIL": "[red]FAIL[/red]"}.get(row["verified"], row["verified"])
-        table.add_row(row["target"], row["precision"], row["variant"], fmt(row["size_kb"], ".1f"),
+        table.add_row(row["target"], row["precision"], row["variant"], row["device"], fmt(row["size_kb"], ".1f"),
                       fmt(row["accuracy_pct"], ".2f"), fmt(row["cosine"], ".6f"), fmt(row["p50_ms"], ".4f"),
                       fmt(row["p90_ms"], ".4f"), f"{row['speedup']:.2f}x" if row["speedup"] else "—", verdict)
     return table
@@ -31,11 +31,12 @@ def verify_table(reports) -> Table:
 
 
 def bench_table(results) -> Table:
-    table = Table("artifact", "runtime", "threads", "iterations", "p50 (ms)", "p90 (ms)", "p99 (ms)", "mean ± std (ms)",
-                  "load (ms)", "peak RSS (MB)")
+    table = Table("artifact", "device", "arch", "runtime", "threads", "iterations", "p50 (ms)", "p90 (ms)", "p99 (ms)",
+                  "mean ± std (ms)", "load (ms)", "peak RSS (MB)")
     for a, b in results:
-        table.add_row(a.label + (f" hint={b.options['hint']}" if "hint" in b.options else ""), f"{b.runtime} {b.runtime_version}",
-                      str(b.threads), str(b.iterations), f"{b.p50_ms:.4f}", f"{b.p90_ms:.4f}", f"{b.p99_ms:.4f}",
+        table.add_row(a.label + (f" hint={b.options['hint']}" if "hint" in b.options else ""), b.device,
+                      str(b.device_facts.get("arch")), f"{b.runtime} {b.runtime_version}",
+                      str(b.threads), str(b.iterations), fmt(b.p50_ms, ".4f"), fmt(b.p90_ms, ".4f"), fmt(b.p99_ms, ".4f"),
                       f"{b.mean_ms:.4f} ± {b.std_ms:.4f}", f"{b.load_ms:.1f}", f"{b.peak_rss_mb:.0f}")
     return table
 

@@ -201,9 +201,9 @@ class BenchResult(BaseModel):
     warmup: int
     batch: int = 1
     min_ms: float
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
+    p50_ms: float | None  # None only where a device's own tool does not report it (benchmark_model < TF 2.13)
+    p90_ms: float | None  # benchmark_model reports p5/median/p95, not p90/p99: left empty, not made up
+    p99_ms: float | None
     mean_ms: float
     std_ms: float
     throughput_per_s: float
@@ -213,6 +213,8 @@ class BenchResult(BaseModel):
     model_size_bytes: int
     options: dict = Field(default_factory=dict)  # runtime settings that ran (e.g. precision hint)
     device_facts: dict = Field(default_factory=dict)
+    # Verification of the same artifact run on this device (accuracy, cosine, top-1 vs PyTorch).
+    device_verify: dict | None = None
 
 
 def dump_json(obj) -> str:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edgeport import targets
 from edgeport.errors import ConfigError, did_you_mean
+from edgeport.validation import explain
 from edgeport.pipeline.compress.configs import CompressConfig
 from edgeport.types import TensorSpec
 
@@ -153,12 +154,24 @@ class VerifyConfig(Strict):
         return default.model_copy(update=given.model_dump(exclude_unset=True))
 
 
+class BenchDevice(Strict):
+    name: str = Field(description="a device profile: built-in, or in [devices] dir")
+    threads: int | None = Field(None, ge=0, description="overrides [bench] threads and the profile's threads")
+    verify: bool = Field(True, description="also run held-out samples on the device and compare with PyTorch")
+
+
+class DevicesConfig(Strict):
+    dir: str | None = Field(None, description="a folder of device profiles (*.toml)")
+
+
 class BenchConfig(Strict):
     iterations: int = Field(100, gt=0, description="at least this many timed runs")
     min_seconds: float = Field(2.0, ge=0, description="and at least this long")
     warmup: int = Field(10, ge=0)
     threads: int = Field(0, ge=0, description="0 = every core of the machine")
     baseline: bool = Field(True, description="also time PyTorch eager fp32 with the same harness")
+    devices: list[BenchDevice] = Field(default_factory=list, description="[[bench.devices]]; none = this machine")
+    device_verify_samples: int = Field(100, ge=0, description="held-out samples run on each non-local device")
 
 
 class PackageConfig(Strict):
@@ -175,6 +188,7 @@ class RunConfig(Strict):
     targets: dict[str, dict] = Field(default_factory=lambda: {"onnxruntime": {}})
     verify: VerifyConfig = VerifyConfig()
     bench: BenchConfig = BenchConfig()
+    devices: DevicesConfig = DevicesConfig()
     package: PackageConfig = PackageConfig()
 
     # Where relative paths in the file are resolved from (the config file's folder).
@@ -199,42 +213,6 @@ class RunConfig(Strict):
     @property
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.name
-
-
-def known_keys(schema: type[BaseModel], loc: tuple) -> list[str]:
-    """The field names valid at `loc` in `schema`, for suggesting the nearest one."""
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        field = schema.model_fields.get(part)
-        if field is None:
-            break
-        annotation = field.annotation
-        inner = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type) and issubclass(a, BaseModel)]
-        if not inner:
-            break
-        schema = inner[0]
-    return list(schema.model_fields)
-
-
-def explain(error: ValidationError, where: str, schema: type[BaseModel]) -> ConfigError:
-    """One line for the first problem pydantic found, with the nearest valid key for a typo."""
-    first = error.errors()[0]
-    loc = tuple(first["loc"])
-    dotted = ".".join(str(p) for p in loc)
-    if first["type"] == "extra_forbidden":
-        key = str(loc[-1])
-        hint = did_you_mean(key, known_keys(schema, loc))
-        message = f"{where}: unknown key {dotted!r}{hint}"
-    elif first["type"] == "missing":
-        message = f"{where}: missing required key {dotted!r}"
-    else:
-        got = first.get("input")
-        shown = f" (got {got!r})" if first["type"] != "value_error" and not isinstance(got, dict | list) else ""
-        text = first["msg"].removeprefix("Value error, ")
-        message = f"{where}: {dotted + ': ' if dotted else ''}{text}{shown}"
-    more = len(error.errors()) - 1
-    return ConfigError(message + (f" (and {more} more problem{'s' * (more > 1)})" if more else ""))
 
 
 def parse(data: dict, where: str, base_dir: Path) -> RunConfig:

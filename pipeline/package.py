@@ -36,7 +36,7 @@ def choose(report: dict, targets: list[str] | None, precisions: list[str] | None
                 raise ConfigError(f"no verified {target} artifact with precision {', '.join(precisions)}")
             chosen += picked
         elif candidates:
-            chosen.append(min(candidates, key=lambda a: (min((b["p50_ms"] for b in a["bench"]), default=1e9),
+            chosen.append(min(candidates, key=lambda a: (min((b["p50_ms"] or 1e9 for b in a["bench"]), default=1e9),
                                                          a["size_bytes"])))
     return chosen
 
@@ -93,7 +93,7 @@ def build_bundle(report: dict, entry: dict, run_dir: Path, out: Path) -> Path:
             shutil.copyfile(partial / "labels.txt", partial / "assets" / "labels.txt")
     best = {}
     for b in entry["bench"]:
-        if b["device"] not in best or b["p50_ms"] < best[b["device"]]["p50_ms"]:
+        if b["p50_ms"] is not None and (b["device"] not in best or b["p50_ms"] < best[b["device"]]["p50_ms"]):
             best[b["device"]] = b
     manifest = {
         "schema_version": 1,

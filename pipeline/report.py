@@ -29,6 +29,7 @@ def table_rows(result) -> list[dict]:
             "cosine": 1.0, "top1_agreement": 1.0, "verified": "reference",
             "p50_ms": b.p50_ms if b else None, "p90_ms": b.p90_ms if b else None,
             "speedup": 1.0 if b else None, "device": b.device if b else "local",
+            "device_accuracy_pct": None, "device_cosine": None,
         })
     for r in result.artifacts:
         v = r.verify
@@ -43,8 +44,12 @@ def table_rows(result) -> list[dict]:
                 "top1_agreement": v.outputs[0].top1_agreement if v else None,
                 "verified": ("pass" if v.passed else "FAIL") if v else "not run",
                 "p50_ms": b.p50_ms if b else None, "p90_ms": b.p90_ms if b else None,
-                "speedup": (base_p50 / b.p50_ms) if b and base_p50 else None,
+                # against PyTorch eager on this machine: a ratio only means something on the same device
+                "speedup": (base_p50 / b.p50_ms) if b and base_p50 and b.p50_ms and b.device == "local" else None,
                 "device": b.device if b else "local",
+                "device_accuracy_pct": (b.device_verify["accuracy"] * 100
+                                        if b and b.device_verify and b.device_verify.get("accuracy") is not None else None),
+                "device_cosine": b.device_verify["cosine"] if b and b.device_verify else None,
             })
     return rows
 
@@ -88,15 +93,19 @@ def report_md(result, rows: list[dict]) -> str:
     cfg = result.config
     lines = [f"# edgeport run `{cfg.name}`", "",
              f"Model `{cfg.model.source}`; evaluation on held-out `{cfg.data.source}` data; "
-             f"latency on device `{rows[0]['device'] if rows else 'local'}`, batch 1, "
-             f"{cfg.bench.threads or 'all'} thread(s).", "",
-             "| target | precision | variant | size (KB) | accuracy (%) | cosine | top-1 agree | verified | p50 (ms) | p90 (ms) | speedup |",
-             "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|"]
+             f"latency on device(s) {', '.join(f'`{d}`' for d in dict.fromkeys(r['device'] for r in rows)) or '`local`'}, "
+             f"batch 1. Accuracy and cosine are the host's verification; \"on device\" columns rerun held-out "
+             "samples on that device.", "",
+             "| target | precision | variant | device | size (KB) | accuracy (%) | cosine | top-1 agree | verified | "
+             "p50 (ms) | p90 (ms) | speedup | on device: accuracy (%) | on device: cosine |",
+             "|---|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
     for row in rows:
         lines.append(
-            f"| {row['target']} | {row['precision']} | {row['variant']} | {fmt(row['size_kb'], '.1f')} | "
+            f"| {row['target']} | {row['precision']} | {row['variant']} | {row['device']} | {fmt(row['size_kb'], '.1f')} | "
             f"{fmt(row['accuracy_pct'], '.2f')} | {fmt(row['cosine'], '.6f')} | {fmt(row['top1_agreement'], '.4f')} | "
-            f"{row['verified']} | {fmt(row['p50_ms'], '.4f')} | {fmt(row['p90_ms'], '.4f')} | {fmt(row['speedup'], '.2f', '')}{'x' if row['speedup'] else ''} |"
+            f"{row['verified']} | {fmt(row['p50_ms'], '.4f')} | {fmt(row['p90_ms'], '.4f')} | "
+            f"{fmt(row['speedup'], '.2f', '')}{'x' if row['speedup'] else ''} | {fmt(row['device_accuracy_pct'], '.2f')} | "
+            f"{fmt(row['device_cosine'], '.6f')} |"
         )
     failures = result.failures
     if failures:
@@ -159,7 +168,8 @@ def results_csv(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> bool:
-    points = [r for r in rows if r["p50_ms"] is not None and r["accuracy_pct"] is not None]
+    # One device per plot: latencies of different devices are not comparable on one axis.
+    points = [r for r in rows if r["p50_ms"] is not None and r["accuracy_pct"] is not None and r["device"] == "local"]
     if not points:
         return False
     fig, ax = new_figure(4.2)

@@ -11,8 +11,10 @@ from pathlib import Path
 
 from edgeport import targets
 from edgeport.calibration import build_sets, load_set, save_set
-from edgeport.errors import ConfigError, EdgeportError
-from edgeport.pipeline.config import RunConfig, to_toml
+from edgeport.devices.profiles import DeviceProfile
+from edgeport.devices.transport import Device
+from edgeport.errors import ConfigError, DeviceError, EdgeportError
+from edgeport.pipeline.config import BenchDevice, RunConfig, to_toml
 from edgeport.pipeline.interchange import OPSET, export_onnx
 from edgeport.pipeline.model_loading import LoadedModel, load_model
 from edgeport.pipeline.stages import Event, Listener, Stages, key_hash, tool_versions
@@ -84,6 +86,7 @@ class Run:
         self._reference = None
         self.compression: list[dict] = []
         self.compressed_path: Path | None = None
+        self._devices: dict[str, Device] = {}
 
     # --- load, interchange, data
 
@@ -281,29 +284,89 @@ class Run:
         b = self.config.bench
         return {"iterations": b.iterations, "min_seconds": b.min_seconds, "warmup": b.warmup, "threads": threads_of(self.config)}
 
-    def bench(self, artifact: Artifact) -> list[BenchResult]:
-        from edgeport.devices import local
+    def bench_devices(self) -> list[tuple[BenchDevice, DeviceProfile]]:
+        """[[bench.devices]] with their profiles; none configured = this machine."""
+        from edgeport.devices.profiles import get_profile
 
-        targets.get(artifact.target)  # one line naming the extra when the runtime is missing
-        runtime = artifact.target  # the runner's loaders are named after targets
-        variants = [{}]
+        entries = self.config.bench.devices or [BenchDevice(name="local", verify=False)]
+        folder = self.config.resolve_path(self.config.devices.dir) if self.config.devices.dir else None
+        return [(entry, get_profile(entry.name, folder)) for entry in entries]
+
+    def device(self, profile: DeviceProfile) -> Device:
+        """One open connection per device for the whole run (an SSH master is reused)."""
+        if profile.name not in self._devices:
+            from edgeport.devices.transport import open_device
+
+            self._devices[profile.name] = open_device(profile)
+        return self._devices[profile.name]
+
+    def close(self) -> None:
+        for device in self._devices.values():
+            device.close()
+        self._devices.clear()
+
+    def runtime_variants(self, artifact: Artifact) -> list[dict]:
+        """The runtime settings each benchmark of this artifact runs with (OpenVINO: one per hint)."""
         if artifact.target == "openvino":
             ov = self.config.target_options("openvino")
-            variants = [{"hint": h, "performance_hint": ov.performance_hint, "streams": ov.streams} for h in ov.hint]
-        elif artifact.target == "tflite":
-            variants = [{"xnnpack": self.config.target_options("tflite").xnnpack}]
+            return [{"hint": h, "performance_hint": ov.performance_hint, "streams": ov.streams} for h in ov.hint]
+        if artifact.target == "tflite":
+            return [{"xnnpack": self.config.target_options("tflite").xnnpack}]
+        return [{}]
+
+    def bench(self, artifact: Artifact) -> list[BenchResult]:
+        targets.get(artifact.target)  # one line naming the extra when the runtime is missing
         results = []
-        for options in variants:
-            suffix = f"-{options['hint']}" if "hint" in options else ""
-            request = {"runtime": runtime, "model": str(artifact.main_file.resolve()),
-                       "inputs": [s.model_dump() for s in artifact.inputs], "options": options,
-                       "model_size_bytes": artifact.size_bytes, **self.bench_settings()}
-            key = {"artifact": artifact.id, "request": {**request, "model": artifact.id}, "versions": self.versions,
-                   "runner": sha256_file(local.RUNNER)}
-            result = self.stages.record("bench", f"bench/local/{artifact.slug}{suffix}.json",
-                                        key, lambda: local.bench(request))
-            results.append(BenchResult.model_validate(result))
+        for entry, profile in self.bench_devices():
+            if profile.runtimes and artifact.target not in profile.runtimes:
+                self.emit(Event("warning", "bench", detail=f"{artifact.label} not measured on {profile.name}: its "
+                                f"profile lists runtimes {', '.join(profile.runtimes)}"))
+                continue
+            for options in self.runtime_variants(artifact):
+                results.append(self.bench_on(entry, profile, artifact, options))
         return results
+
+    def bench_on(self, entry: BenchDevice, profile: DeviceProfile, artifact: Artifact, options: dict) -> BenchResult:
+        """One cached benchmark of one artifact on one device, with on-device verification for
+        devices other than this machine."""
+        from edgeport.devices.local import RUNNER
+        from edgeport.devices.remote import measure
+
+        is_local = profile.transport == "local"
+        threads = threads_of(self.config) if is_local else (entry.threads if entry.threads is not None else profile.threads)
+        b = self.config.bench
+        settings = {"iterations": b.iterations, "min_seconds": b.min_seconds, "warmup": b.warmup, "threads": threads,
+                    "options": options}
+        samples = 0 if is_local or not entry.verify else b.device_verify_samples
+        evaluation = self.data()[1] if samples else None
+        key = {"artifact": artifact.id, "settings": settings, "device": profile.model_dump(exclude={"description"}),
+               "runner": sha256_file(RUNNER), "versions": self.versions,
+               "verify": [samples, evaluation.digest if evaluation else None]}
+
+        def compute() -> dict:
+            inputs = None
+            if evaluation is not None:
+                inputs = {a.name: a.from_source(evaluation.inputs[s.name][:samples])
+                          for s, a in zip(self.model.inputs, artifact.inputs)}
+            result = measure(self.device(profile), artifact, settings, inputs)
+            outs = result.pop("verify_outputs", None)
+            if outs is not None:
+                outputs = [a.to_source(o) for a, o in zip(artifact.outputs, outs)]
+                reference = [r[:samples] for r in self.reference(evaluation)]
+                labels = evaluation.labels[:samples] if evaluation.labels is not None else None
+                tolerance = self.config.verify.tolerance(artifact.precision)
+                result["device_verify"] = compare(artifact, reference, outputs, labels, tolerance).summary()
+            return result
+
+        suffix = f"-{options['hint']}" if "hint" in options else ""
+        folder = f"bench/{profile.name}"
+        try:
+            result = self.stages.record("bench", f"{folder}/{artifact.slug}{suffix}.json", key, compute)
+        except DeviceError as e:
+            kept = len(list((self.run_dir / folder).glob("*.json")))
+            raise DeviceError(f"{e}. {kept} result(s) already measured on {profile.name} are kept in "
+                              f"{self.run_dir / folder}; a re-run measures only the rest") from e
+        return BenchResult.model_validate(result)
 
     def bench_baseline(self) -> list[BenchResult]:
         import sys
@@ -324,7 +387,16 @@ def run(config: RunConfig, on_event: Listener | None = None, rebuild: bool = Fal
     if until not in STEPS:
         raise EdgeportError(f"unknown stage {until!r}; stages: {', '.join(STEPS)}")
     job = Run(config, on_event, rebuild)
+    try:
+        return run_stages(job, config, until)
+    finally:
+        job.close()
+
+
+def run_stages(job: Run, config: RunConfig, until: str) -> RunResult:
     write_text_atomic(job.run_dir / "config.resolved.toml", to_toml(config))
+    if STEPS.index(until) >= STEPS.index("bench"):
+        job.bench_devices()  # an unknown device or a bad profile fails before any work
     results = [ArtifactResult(a) for a in job.artifacts()]
     outcome = RunResult(config, job.run_dir, results, compression=job.compression)
     if STEPS.index(until) >= STEPS.index("verify"):

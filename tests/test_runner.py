@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import sys
 import time
 
 import pytest
@@ -44,9 +45,9 @@ def test_runner_in_a_fresh_process(tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU()).eval()
     torch.onnx.export(model, (torch.randn(1, 16),), str(tmp_path / "m.onnx"), dynamo=True, external_data=False,
                       input_names=["x"])
-    result = local.bench({"runtime": "onnxruntime", "model": str(tmp_path / "m.onnx"),
-                          "inputs": [{"name": "x", "shape": [1, 16]}], "iterations": 30, "min_seconds": 0,
-                          "warmup": 2, "threads": 1})
+    result = local.run_json([sys.executable, str(local.RUNNER)], {
+        "runtime": "onnxruntime", "model": str(tmp_path / "m.onnx"), "inputs": [{"name": "x", "shape": [1, 16]}],
+        "iterations": 30, "min_seconds": 0, "warmup": 2, "threads": 1}, timeout=120)
     assert result["iterations"] >= 30 and result["runtime"] == "onnxruntime"
     assert result["runtime_version"].count(".") >= 2
     # A fresh process: its peak memory is its own, far below a torch-importing parent's.
@@ -58,5 +59,6 @@ def test_runner_failure_is_one_line(tmp_path):
     from edgeport.errors import DeviceError
 
     with pytest.raises(DeviceError, match="benchmark runner failed"):
-        local.bench({"runtime": "onnxruntime", "model": str(tmp_path / "missing.onnx"), "inputs": [],
-                     "iterations": 1, "min_seconds": 0, "warmup": 0, "threads": 1})
+        local.run_json([sys.executable, str(local.RUNNER)], {
+            "runtime": "onnxruntime", "model": str(tmp_path / "missing.onnx"), "inputs": [],
+            "iterations": 1, "min_seconds": 0, "warmup": 0, "threads": 1}, timeout=120)

@@ -1,0 +1,151 @@
+"""Benchmark an artifact on a device, and check what a device has.
+
+The host pushes the runner, the artifact's files and request.json into a fresh job folder
+under the profile's work dir, runs the runner there, reads result.json back and removes the
+job folder, whatever happened.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shlex
+import tempfile
+import uuid
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+
+from edgeport.devices.local import RUNNER
+from edgeport.devices.transport import Device
+from edgeport.errors import DeviceError
+from edgeport.types import Artifact
+
+MISSING_MODULE = 3  # the runner's exit code when numpy or the runtime does not import
+PIP_NAMES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tflite": "ai-edge-litert", "numpy": "numpy"}
+
+
+def pip_line(device: Device, packages: list[str]) -> str:
+    """The command that installs `packages` on the device, pinned to the host's versions when the
+    host has them (artifacts are built for those)."""
+    pinned = []
+    for package in packages:
+        try:
+            pinned.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            pinned.append(package)
+    return shlex.join([device.python, "-m", "pip", "install", *pinned])
+
+
+def measure(device: Device, artifact: Artifact, settings: dict, verify_inputs: dict[str, np.ndarray] | None = None) -> dict:
+    """Benchmark one artifact on a device: TFLite's benchmark_model on a phone without Python,
+    else edgeport's runner."""
+    from edgeport.devices.adb import bench_with_benchmark_model, uses_benchmark_model
+
+    if uses_benchmark_model(device, artifact):
+        return bench_with_benchmark_model(device, artifact, settings)
+    if device.profile.transport == "adb" and not device.profile.python:
+        raise DeviceError(f"device {device.name}: {artifact.label} needs edgeport's runner, and the profile names no "
+                          "python on the phone; only tflite artifacts run there (through benchmark_model)")
+    return bench_artifact(device, artifact, settings, verify_inputs)
+
+
+def bench_artifact(device: Device, artifact: Artifact, settings: dict, verify_inputs: dict[str, np.ndarray] | None = None,
+                   timeout: float | None = None) -> dict:
+    """Run the runner on `device` for one artifact; the result dict has the BenchResult fields
+    (and, with `verify_inputs`, the device's outputs for them as `verify_outputs`)."""
+    job = f"{device.workdir.rstrip('/')}/job-{uuid.uuid4().hex[:12]}"
+    request = {**settings, "runtime": artifact.target, "model": artifact.files[0].path,
+               "inputs": [s.model_dump() for s in artifact.inputs], "model_size_bytes": artifact.size_bytes,
+               "device": device.name}
+    with tempfile.TemporaryDirectory(prefix="edgeport-job-") as tmp:
+        files = {"runner.py": RUNNER, **{f.path: artifact.root / f.path for f in artifact.files}}
+        if verify_inputs is not None:
+            np.savez(Path(tmp) / "verify_inputs.npz", **verify_inputs)
+            files["verify_inputs.npz"] = Path(tmp) / "verify_inputs.npz"
+            request["verify"] = "verify_inputs.npz"
+        (Path(tmp) / "request.json").write_text(json.dumps(request))
+        files["request.json"] = Path(tmp) / "request.json"
+        try:
+            device.push(files, job)
+            done = device.run([device.python, f"{job}/runner.py", f"{job}/request.json", f"{job}/result.json"],
+                              timeout or device.profile.timeout)
+            result = read_result(device, artifact, job, done)
+            if verify_inputs is not None:
+                with np.load(io.BytesIO(device.read(f"{job}/{result.pop('verify_outputs')}"))) as data:
+                    result["verify_outputs"] = [data[f"out{k}"] for k in range(len(data.files))]
+            return result
+        finally:
+            device.remove(job)
+
+
+def read_result(device: Device, artifact: Artifact, job: str, done) -> dict:
+    """result.json, or one line that says why there is none."""
+    where = f"device {device.name}"
+    if done.killed:
+        raise DeviceError(f"{where}: the runner was killed by a signal while measuring {artifact.label} "
+                          "(out of memory, or stopped by someone on the device); nothing was measured for it")
+    if done.returncode == MISSING_MODULE:
+        missing = json.loads(device.read(f"{job}/result.json"))
+        runtime = artifact.target if missing["module"] != "numpy" else "numpy"
+        raise DeviceError(f"{where}: {missing['module']} is not installed there (needed for {artifact.label}): "
+                          f"run `{pip_line(device, [PIP_NAMES.get(runtime, missing['package'])])}` on the device")
+    if done.returncode == 127:  # the shell's "command not found"
+        raise DeviceError(f"{where}: python {device.python!r} not found there; set `python` in the device profile")
+    if done.returncode == 1:  # a Python exception: its last lines say what
+        raise DeviceError(f"{where}: the runner failed on {artifact.label}: {done.tail(3)}")
+    if done.returncode != 0:
+        raise DeviceError(f"{where}: the runner stopped (exit code {done.returncode}) while measuring "
+                          f"{artifact.label}: killed or crashed; {done.tail(2)}")
+    return json.loads(device.read(f"{job}/result.json"))
+
+
+def probe(device: Device) -> dict:
+    """Push the runner and ask it for the device's facts and runtime versions."""
+    job = f"{device.workdir.rstrip('/')}/probe-{uuid.uuid4().hex[:12]}"
+    try:
+        device.push({"runner.py": RUNNER}, job)
+        done = device.run([device.python, f"{job}/runner.py", "--probe"], timeout=120)
+        if done.returncode == 127:
+            raise DeviceError(f"device {device.name}: python {device.python!r} not found there; set `python` in the profile")
+        if done.returncode != 0:
+            raise DeviceError(f"device {device.name}: the runner's probe failed: {done.tail()}")
+        return json.loads(done.stdout.decode())
+    finally:
+        device.remove(job)
+
+
+def missing_runtimes(device: Device, facts: dict, wanted: list[str]) -> list[str]:
+    """Runtimes (and numpy) the profile expects but the device lacks, as pip package names."""
+    missing = [] if facts.get("numpy") else ["numpy"]
+    runtimes = facts.get("runtimes", {})
+    missing += [PIP_NAMES[r] for r in wanted if not runtimes.get(r)]
+    return missing
+
+
+def bench_many(artifact_paths: list[Path], device_names: list[str], devices_dir, settings: dict, runtime_options: dict,
+               output: Path):
+    """`edgeport bench`: every artifact on every device, yielding (artifact, BenchResult) as each is
+    measured and rewriting `output` after each, so a failure keeps what was already measured."""
+    from edgeport.devices.profiles import get_profile
+    from edgeport.devices.transport import open_device
+    from edgeport.types import BenchResult, write_text_atomic
+
+    artifacts = [Artifact.load(p) for p in artifact_paths]  # hashes checked before any device work
+    profiles = [get_profile(name, devices_dir) for name in device_names]
+    done: list[dict] = []
+    for profile in profiles:
+        with open_device(profile) as device:
+            for artifact in artifacts:
+                threads = settings["threads"] if settings["threads"] is not None else profile.threads
+                options = {"hint": runtime_options["hint"]} if artifact.target == "openvino" else {}
+                try:
+                    result = BenchResult.model_validate(measure(device, artifact, {**settings, "threads": threads,
+                                                                                   "options": options}))
+                except DeviceError as e:
+                    kept = f"{len(done)} result(s) already measured are kept in {output}" if done else "nothing was measured yet"
+                    raise DeviceError(f"{e}. {kept}") from e
+                done.append({"artifact": str(artifact.root), **result.model_dump()})
+                write_text_atomic(output, json.dumps(done, indent=2))
+                yield artifact, result
