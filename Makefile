@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup test-deps demo test test-pi bench clean
 
 setup: $(STAMP)
 
@@ -20,8 +20,20 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(BIN)/edgeport demo
 
-test: setup
-	$(BIN)/python -m pytest -q
+# The SSH tests start a real OpenSSH server on 127.0.0.1 (Debian's openssh-server).
+test-deps:
+	@[ -x /usr/sbin/sshd ] || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null; } || \
+	  echo "openssh-server is not installed (needs root): the SSH tests will be skipped"
+
+test: setup test-deps
+	$(BIN)/python -m pytest -q -m "not pi_emulated"
+
+# An emulated Raspberry Pi (aarch64 Debian under qemu-user, ~5 min to build the first time, then
+# cached in ~/.cache/edgeport/emulated-pi) reached over SSH; needs root.
+test-pi: setup test-deps
+	bash devices/emulated_pi/pi.sh build
+	EDGEPORT_REQUIRE_PI=1 $(BIN)/python -m pytest -q -m pi_emulated
 
 bench: setup
 	$(BIN)/python benchmarks/openvino_vs_benchmark_app.py

@@ -135,6 +135,8 @@ def all_profiles(devices_dir: str | Path | None = None) -> dict[str, DeviceProfi
         if folder is not None:
             for path in sorted(folder.glob("*.toml")):
                 profile = read_profile(path)
+                if folder == builtin_dir():
+                    profile.source = f"built-in ({path.name})"
                 found[profile.name] = profile
     found.setdefault("local", LocalProfile(name="local", description="this machine", source="built-in"))
     return found
