@@ -125,6 +125,42 @@ def finish(result, as_json: bool) -> None:
 
 
 @app.command()
+def tune(
+    config: ConfigArg,
+    executor: Annotated[Optional[str], typer.Option(help="local (process pool) or ray (overrides [search])")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="local pool size (0 = every core)")] = None,
+    ray_address: Annotated[Optional[str], typer.Option(help='"local", "auto" or "ray://host:port"')] = None,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="ignore cached stages and redo everything")] = False,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Find the fastest (or smallest) artifact that meets the [search] accuracy budget on held-out
+    data: builds, verifies and benchmarks every candidate through the cached stages, reports the
+    Pareto fronts and packs the chosen one. Exit 2 when nothing meets the budget (naming the closest)."""
+    setup_logging(verbose)
+    from edgeport.cli_progress import progress_listener
+    from edgeport.pipeline.search import tune as run_search
+
+    try:
+        cfg = load(config, **{"search.executor": executor, "search.workers": workers, "search.ray_address": ray_address})
+        with progress_listener(err, verbose) as listener:
+            result = run_search(cfg, listener, rebuild=rebuild)
+    except EdgeportError as e:
+        raise fail(e) from None
+    if as_json:
+        out.print_json(json.dumps(result.summary(), default=str))
+        return
+    from edgeport.cli_tables import search_table
+
+    out.print(search_table(result))
+    chosen = result.chosen
+    out.print(f"chosen:     {chosen.label} ({chosen.path})\nbuilt:      {len(result.built)} stage(s) new, "
+              f"the rest from the cache\nreport:     {result.run.reports['report.md']}", highlight=False)
+    for bundle in result.run.bundles:
+        out.print(f"bundle:     {bundle}", highlight=False)
+
+
+@app.command()
 def export(
     config: ConfigArg,
     target: Annotated[Optional[list[str]], typer.Option("--target", "-t", help="only this target (repeatable)")] = None,

@@ -76,6 +76,8 @@ class OnnxRuntimeOptions(Strict):
                                             "layers in float until int8 is within this many points on labelled "
                                             "calibration data (else min_cosine, default 0.99, decides)")
     min_cosine: float | None = Field(None, gt=0, le=1, description="accuracy-aware int8: output cosine floor")
+    min_top1_agreement: float | None = Field(None, gt=0, le=1, description="accuracy-aware int8: share of "
+                                             "calibration samples whose top class matches the float model's")
     max_float_layers: int = Field(4, ge=0, description="accuracy-aware: at most this many layers kept in float")
 
 
@@ -96,6 +98,7 @@ class OpenVinoOptions(Strict):
     )
     max_accuracy_drop: float | None = Field(None, ge=0, description="accuracy-aware int8 (see onnxruntime)")
     min_cosine: float | None = Field(None, gt=0, le=1, description="accuracy-aware int8 (see onnxruntime)")
+    min_top1_agreement: float | None = Field(None, gt=0, le=1, description="accuracy-aware int8 (see onnxruntime)")
     max_float_layers: int = Field(4, ge=0)
     performance_hint: Literal["latency", "throughput"] = "latency"
     streams: int = Field(1, ge=0, description="NUM_STREAMS; 0 lets OpenVINO choose")
@@ -174,6 +177,42 @@ class BenchConfig(Strict):
     device_verify_samples: int = Field(100, ge=0, description="held-out samples run on each non-local device")
 
 
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+class SearchConfig(Strict):
+    """`edgeport tune`: the fastest (or smallest) artifact that meets an accuracy budget."""
+
+    targets: list[str] | None = Field(None, description="default: every [targets] entry")
+    precisions: list[Literal["fp32", "fp16", "int8-dynamic", "int8", "full-int8"]] | None = Field(
+        None, description="default: each target's configured precisions")
+    calibration_methods: list[CalibrationMethod] = Field(
+        ["minmax"], description="int8 calibration methods to try (ONNX Runtime: calibrate method; OpenVINO: the NNCF "
+                                "range estimator minmax, histogram for entropy, mean_quantile for percentile)")
+    accuracy_aware: list[bool] = Field([False, True], description="try int8 with the most sensitive layers in float")
+    max_float_layers: int = Field(16, ge=1, description="accuracy-aware: at most this many layers kept in float")
+    min_top1_agreement: float | None = Field(None, gt=0, le=1, description="budget: share of held-out samples whose "
+                                             "top class matches PyTorch fp32's")
+    max_accuracy_drop: float | None = Field(None, ge=0, description="budget: points of held-out accuracy below PyTorch")
+    min_cosine: float | None = Field(None, gt=0, le=1, description="budget: output cosine with PyTorch on held-out data")
+    objective: Literal["latency", "size"] = Field("latency", description="minimise p50 on `device`, or file size")
+    device: str = Field("local", description="the device whose p50 is the objective")
+    executor: Literal["local", "ray"] = Field("local", description="local: a process pool; ray: a Ray cluster")
+    workers: int = Field(0, ge=0, description="local: processes (0 = every core)")
+    ray_address: str = Field("local", description='"local" starts Ray here; "auto" or "ray://host:port" joins a cluster')
+
+    @model_validator(mode="after")
+    def has_budget(self) -> SearchConfig:
+        if all(getattr(self, k) is None for k in ("min_top1_agreement", "max_accuracy_drop", "min_cosine")):
+            raise ValueError("a budget is needed: min_top1_agreement, max_accuracy_drop or min_cosine")
+        return self
+
+    @property
+    def budget(self) -> dict:
+        return {k: getattr(self, k) for k in ("min_top1_agreement", "max_accuracy_drop", "min_cosine")
+                if getattr(self, k) is not None}
+
+
 class PackageConfig(Strict):
     enabled: bool = Field(True, description="write a bundle per target after the run")
     precisions: list[str] | None = Field(None, description="bundle these precisions (default: the fastest verified)")
@@ -189,6 +228,7 @@ class RunConfig(Strict):
     verify: VerifyConfig = VerifyConfig()
     bench: BenchConfig = BenchConfig()
     devices: DevicesConfig = DevicesConfig()
+    search: SearchConfig | None = Field(None, description="[search] for `edgeport tune`")
     package: PackageConfig = PackageConfig()
 
     # Where relative paths in the file are resolved from (the config file's folder).

@@ -21,8 +21,10 @@ RUNTIMES = {  # what the bundle needs on the device; opset 20 needs ONNX Runtime
 ANDROID_TARGETS = ("tflite", "onnxruntime")
 
 
-def choose(report: dict, targets: list[str] | None, precisions: list[str] | None) -> list[dict]:
+def choose(report: dict, targets: list[str] | None, precisions: list[str] | None, ids: list[str] | None = None) -> list[dict]:
     """Per target: the requested precisions, or else the fastest artifact that passed verification."""
+    if ids:  # exactly these artifacts (the search's choice)
+        return [a for a in report["artifacts"] if a["id"] in ids]
     known = sorted({a["target"] for a in report["artifacts"]})
     for t in targets or []:
         if t not in known:
@@ -125,13 +127,13 @@ def build_bundle(report: dict, entry: dict, run_dir: Path, out: Path) -> Path:
 
 
 def package(run_dir: Path, targets: list[str] | None = None, precisions: list[str] | None = None,
-            out: Path | None = None) -> list[Path]:
+            out: Path | None = None, ids: list[str] | None = None) -> list[Path]:
     """Bundles for a finished run: folders under runs/<name>/bundles/, or archives/folders at `out`."""
     report_path = run_dir / "report.json"
     if not report_path.is_file():
         raise ConfigError(f"{run_dir}: no report.json; is this a finished run folder?")
     report = json.loads(report_path.read_text())
-    chosen = choose(report, targets, precisions)
+    chosen = choose(report, targets, precisions, ids)
     if not chosen:
         raise ConfigError(f"{run_dir}: no artifact passed verification; nothing to package")
     kind = archive_kind(out) if out else None

@@ -82,6 +82,7 @@ def report_json(result) -> dict:
             for r in result.artifacts
         ],
         "compression": result.compression,
+        **({"search": result.search} if result.search else {}),
     }
 
 
@@ -156,6 +157,11 @@ def report_md(result, rows: list[dict]) -> str:
                 lines += ["", f"![sensitivity]({png})"]
     if (result.run_dir / "latency_vs_accuracy.png").exists():
         lines += ["![latency vs accuracy](latency_vs_accuracy.png)", ""]
+    if result.search:
+        from edgeport.pipeline.search_report import search_md
+
+        base = result.baseline_bench[0].p50_ms if result.baseline_bench else None
+        lines += search_md(result.search, result.run_dir, base if result.search["device"] == "local" else None)
     return "\n".join(lines)
 
 
@@ -224,6 +230,10 @@ def write_reports(result) -> dict[str, Path]:
     png = result.run_dir / "latency_vs_accuracy.png"
     if plot(rows, png):
         paths["plot"] = png
+    if result.search:
+        from edgeport.pipeline.search_report import write_search_plots
+
+        write_search_plots(result.search, result.run_dir)
     write_text_atomic(paths["report.json"], json.dumps(report_json(result), indent=2))
     write_text_atomic(paths["report.md"], report_md(result, rows))
     write_text_atomic(paths["results.csv"], results_csv(rows))

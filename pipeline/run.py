@@ -27,6 +27,10 @@ FLOAT_PRECISIONS = ("fp32", "fp16")
 PRECISION_ORDER = ("fp32", "fp16", "int8-dynamic", "int8", "full-int8", "mixed")
 
 
+def precision_rank(precision: str) -> int:
+    return PRECISION_ORDER.index(precision) if precision in PRECISION_ORDER else len(PRECISION_ORDER)
+
+
 @dataclass
 class ArtifactResult:
     artifact: Artifact
@@ -47,6 +51,7 @@ class RunResult:
     compression: list[dict] = field(default_factory=list)
     model_info: dict = field(default_factory=dict)
     bundles: list[Path] = field(default_factory=list)
+    search: dict | None = None  # `edgeport tune`: every candidate and the choice
 
     @property
     def failures(self) -> list[str]:
@@ -153,49 +158,44 @@ class Run:
         for name in names:
             targets.info(name)
         plugins = {name: targets.get(name) for name in names}  # fail on a missing runtime before any work
-        source = self.interchange()
         made: list[Artifact] = []
-        calibration = None
         for name, target in plugins.items():
             options = self.config.target_options(name)
             wanted = [p for p in options.precisions if not only_precisions or p in only_precisions]
             for p in wanted:
                 target.check_precision(p)
-            parents: dict[str, Artifact] = {}
-            for precision in sorted(set(wanted) | ({"fp32"} if set(wanted) - set(FLOAT_PRECISIONS) else set()),
-                                    key=lambda p: PRECISION_ORDER.index(p) if p in PRECISION_ORDER else 99):
-                export_options = options.model_dump(exclude={"precisions", "hint", "performance_hint", "streams"})
-                if calibration is None:
-                    calibration = self.data()[0]
-                if precision in FLOAT_PRECISIONS:
-                    float_options = {k: v for k, v in export_options.items() if k == "converter"}
-                    key = {"stage": "export", "parent": sha256_file(source.onnx_path), "target": name,
-                           "precision": precision, "options": float_options, "versions": self.versions,
-                           # only converters that look at data (onnx2tf checks its layout choices) depend on it
-                           "calibration": calibration.digest if export_options.get("converter") == "onnx2tf" else None}
-                    artifact = self._build(f"{name}-{precision}", key,
-                                           lambda d, p=precision: target.export(source, p, d, export_options, calibration))
-                    parents[precision] = artifact
-                    if precision in wanted:
-                        made.append(artifact)
-                    continue
-                parent = parents["fp32"]
-                methods = export_options.get("calibration_method")
+            for precision in sorted(wanted, key=precision_rank):
+                base = options.model_dump(exclude={"precisions", "hint", "performance_hint", "streams"})
+                methods = base.get("calibration_method")
                 # A list of calibration methods builds one int8 artifact each, compared side by side.
-                variants = methods if isinstance(methods, list) and len(methods) > 1 else [None]
-                for variant in variants:
-                    options_v = dict(export_options)
+                if precision not in FLOAT_PRECISIONS and isinstance(methods, list) and len(methods) > 1:
+                    made += [self.build(name, precision, {**base, "calibration_method": m}, variant=m) for m in methods]
+                else:
                     if isinstance(methods, list):
-                        options_v["calibration_method"] = variant or methods[0]
-                    key = {"stage": "quantize", "parent": parent.id, "calibration": calibration.digest,
-                           "precision": precision, "options": options_v, "versions": self.versions}
-                    slug = f"{name}-{precision}" + (f"-{variant}" if variant else "")
-                    artifact = self._build(
-                        slug, key, lambda d, p=precision, o=options_v: target.quantize(source, parent, calibration, p, d, o),
-                        stage="quantize", variant=variant)
-                    if precision in wanted:
-                        made.append(artifact)
+                        base["calibration_method"] = methods[0]
+                    made.append(self.build(name, precision, base))
         return made
+
+    def build(self, name: str, precision: str, options: dict, variant: str | None = None) -> Artifact:
+        """One artifact of target `name` (cached): a float export, or an integer one quantized
+        from the fp32 export (built first when needed) with `options`."""
+        target = targets.get(name)
+        source = self.interchange()
+        calibration = self.data()[0]
+        if precision in FLOAT_PRECISIONS:
+            float_options = {k: v for k, v in options.items() if k == "converter"}
+            key = {"stage": "export", "parent": sha256_file(source.onnx_path), "target": name,
+                   "precision": precision, "options": float_options, "versions": self.versions,
+                   # only converters that look at data (onnx2tf checks its layout choices) depend on it
+                   "calibration": calibration.digest if options.get("converter") == "onnx2tf" else None}
+            return self._build(f"{name}-{precision}", key,
+                               lambda d: target.export(source, precision, d, options, calibration))
+        parent = self.build(name, "fp32", options)
+        key = {"stage": "quantize", "parent": parent.id, "calibration": calibration.digest,
+               "precision": precision, "options": options, "versions": self.versions}
+        slug = f"{name}-{precision}" + (f"-{variant}" if variant else "")
+        return self._build(slug, key, lambda d: target.quantize(source, parent, calibration, precision, d, options),
+                           stage="quantize", variant=variant)
 
     def _build(self, label: str, key: dict, make, stage: str = "export", variant: str | None = None) -> Artifact:
         artifact_id = key_hash(key)[:16]
@@ -286,11 +286,15 @@ class Run:
 
     def bench_devices(self) -> list[tuple[BenchDevice, DeviceProfile]]:
         """[[bench.devices]] with their profiles; none configured = this machine."""
+        entries = self.config.bench.devices or [BenchDevice(name="local", verify=False)]
+        return [(entry, self.profile(entry.name)) for entry in entries]
+
+    def profile(self, name: str) -> DeviceProfile:
+        """A device profile: the built-ins and those in [devices] dir."""
         from edgeport.devices.profiles import get_profile
 
-        entries = self.config.bench.devices or [BenchDevice(name="local", verify=False)]
         folder = self.config.resolve_path(self.config.devices.dir) if self.config.devices.dir else None
-        return [(entry, get_profile(entry.name, folder)) for entry in entries]
+        return get_profile(name, folder)
 
     def device(self, profile: DeviceProfile) -> Device:
         """One open connection per device for the whole run (an SSH master is reused)."""

@@ -56,6 +56,14 @@ class Event:
 Listener = Callable[[Event], None]
 
 
+def remove_dead_partials(final: Path) -> None:
+    """Partial folders left by killed runs (their process is gone)."""
+    for partial in final.parent.glob(f".{final.name}.partial-*"):
+        pid = partial.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(partial, ignore_errors=True)
+
+
 class Stages:
     def __init__(self, run_dir: Path, on_event: Listener | None = None, rebuild: bool = False):
         self.run_dir = run_dir
@@ -73,14 +81,18 @@ class Stages:
             return load(final)
         self.emit(Event("start", stage, rel))
         started = time.perf_counter()
-        partial = final.with_name(f".{final.name}.partial")
-        shutil.rmtree(partial, ignore_errors=True)  # left by a killed run
+        # One partial folder per process: parallel workers (tune) may build into one run folder.
+        partial = final.with_name(f".{final.name}.partial-{os.getpid()}")
+        remove_dead_partials(final)
         partial.mkdir(parents=True)
         build(partial)
         write_text_atomic(partial / STAMP, json.dumps({"key": digest, "stage": stage, "inputs": key}, indent=2, default=str))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(partial, final)
+        if stamp.is_file() and json.loads(stamp.read_text()).get("key") == digest:
+            shutil.rmtree(partial)  # another worker finished the same stage first
+        else:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(partial, final)
         self.built.append(rel)
         self.emit(Event("done", stage, rel, seconds=time.perf_counter() - started))
         return load(final)

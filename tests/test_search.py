@@ -1,0 +1,126 @@
+"""`edgeport tune`: candidates, budget verdicts, pruning, Pareto report, cache, Ray vs local."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from edgeport import load_config
+from edgeport.cli import app
+from edgeport.pipeline.search import judge, plan, tune
+from edgeport.pipeline.search_report import pareto_front
+from tests.conftest import write_config
+from tests.test_calibration import GAUSSIAN, OUTLIER_MODEL
+
+pytestmark = pytest.mark.onnxruntime
+cli = CliRunner()
+BENCH = "[bench]\niterations = 30\nmin_seconds = 0.0\nwarmup = 2\nthreads = 1\n"
+
+
+def digits_search(tmp_path, search: str, name: str = "tune", targets: str | None = None):
+    targets = targets or '[targets.onnxruntime]\nprecisions = ["fp32", "int8"]\n'
+    return write_config(tmp_path, f"[search]\nworkers = 2\n{search}", name=name, targets=targets, bench=BENCH)
+
+
+def test_pareto_front_and_budget_verdicts():
+    points = [(1.0, 0.90), (2.0, 0.99), (3.0, 0.98), (0.5, 0.80), (2.0, 0.95)]
+    assert pareto_front(points) == [3, 0, 1]  # (3.0, 0.98) and (2.0, 0.95) are beaten by (2.0, 0.99)
+    met, why, short = judge({"top1_agreement": 0.985, "cosine": 0.999}, {"min_top1_agreement": 0.99})
+    assert not met and why == "top-1 agreement 0.9850 < 0.99" and short == pytest.approx(0.005)
+    met, why, short = judge({"accuracy": 0.95, "reference_accuracy": 0.97, "cosine": 0.99}, {"max_accuracy_drop": 1.0})
+    assert not met and "accuracy drop 2.00 points > 1.0" in why and short == pytest.approx(1.0)
+    assert judge({"top1_agreement": 1.0, "cosine": 0.9999}, {"min_top1_agreement": 0.99, "min_cosine": 0.999})[0]
+
+
+def test_plan_is_the_product_of_the_search_axes(tmp_path, model_cache):
+    targets = ('[targets.onnxruntime]\nprecisions = ["fp32", "int8"]\n\n'
+               '[targets.tflite]\nprecisions = ["fp32", "int8"]\n')
+    config = load_config(digits_search(tmp_path, 'calibration_methods = ["minmax", "entropy", "percentile"]\n'
+                                                 "min_top1_agreement = 0.99\n", targets=targets))
+    labels = [c.label for c in plan(config)]
+    ort_int8 = [f"onnxruntime/int8/{m}{a}" for m in ("minmax", "entropy", "percentile") for a in ("", "-aware")]
+    # TFLite's int8 has neither calibration methods nor a float fallback here: one candidate.
+    assert labels == ["onnxruntime/fp32", *ort_int8, "tflite/fp32", "tflite/int8"]
+    aware = next(c for c in plan(config) if c.label == "onnxruntime/int8/entropy-aware")
+    assert aware.options["min_top1_agreement"] == 0.99 and aware.options["calibration_method"] == "entropy"
+
+
+def test_search_without_a_budget_is_one_line(tmp_path, model_cache):
+    code = cli.invoke(app, ["tune", str(digits_search(tmp_path, "objective = \"size\"\n"))])
+    assert code.exit_code == 2
+    assert "a budget is needed: min_top1_agreement, max_accuracy_drop or min_cosine" in code.output
+
+
+def test_tune_reports_every_candidate_packs_the_choice_and_reruns_from_cache(tmp_path, model_cache):
+    config = digits_search(tmp_path, 'calibration_methods = ["minmax", "percentile"]\nmin_top1_agreement = 0.99\n')
+    first = cli.invoke(app, ["tune", str(config)])
+    assert first.exit_code == 0, first.output
+    run_dir = tmp_path / "runs" / "tune"
+    report = json.loads((run_dir / "report.json").read_text())["search"]
+    verdicts = {c["label"]: (c["status"], c["reason"]) for c in report["candidates"]}
+    assert set(verdicts) == {"onnxruntime/fp32", "onnxruntime/int8/minmax", "onnxruntime/int8/minmax-aware",
+                             "onnxruntime/int8/percentile", "onnxruntime/int8/percentile-aware"}
+    # Plain int8 meets 0.99 on digits: the fallback variants are pruned, never built.
+    assert verdicts["onnxruntime/int8/minmax-aware"] == ("pruned", "plain int8 with this method already meets the budget")
+    assert not (run_dir / "artifacts" / "onnxruntime-int8-minmax-aware").exists()
+    chosen = report["chosen"]
+    assert chosen["verify"]["top1_agreement"] >= 0.99 and chosen["status"] == "chosen"
+    kept = [c for c in report["candidates"] if c["status"] in ("kept", "chosen")]
+    assert chosen["p50_ms"] == min(c["p50_ms"] for c in kept)
+    md = (run_dir / "report.md").read_text()
+    assert "## Search" in md and all(label in md for label in verdicts)
+    for png in ("pareto_latency.png", "pareto_size.png"):
+        assert f"]({png})" in md and (run_dir / png).stat().st_size > 10_000
+    bundles = list((run_dir / "bundles").iterdir())  # the chosen artifact, and only it, is packed
+    slug = "-".join(filter(None, ["tune", chosen["target"], chosen["precision"], chosen["variant"]]))
+    assert [b.name for b in bundles] == [slug]
+    manifest = json.loads((bundles[0] / "manifest.json").read_text())
+    assert manifest["precision"] == chosen["precision"] and manifest["target"] == chosen["target"]
+
+    again = cli.invoke(app, ["tune", str(config)])
+    assert again.exit_code == 0, again.output
+    assert "built:      0 stage(s) new" in again.output
+    assert f"chosen:     {chosen['label']} " in again.output
+
+
+def test_accuracy_aware_candidates_are_built_where_plain_int8_misses(tmp_path):
+    """The outlier model: plain int8 is far off (cosine < 0.9); the fallback keeps `relu` in float."""
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((400, 64)).astype(np.float32))
+    config = write_config(tmp_path, model=OUTLIER_MODEL, data=GAUSSIAN, bench=BENCH,
+                          targets='[targets.onnxruntime]\nprecisions = ["int8"]\n',
+                          body='[search]\nworkers = 1\nmin_cosine = 0.999\n')
+    result = tune(load_config(config))
+    by_label = {c.label: c for c in result.candidates}
+    plain, aware = by_label["onnxruntime/int8/minmax"], by_label["onnxruntime/int8/minmax-aware"]
+    assert plain.status == "rejected" and plain.reason.startswith("cosine ") and "< 0.999" in plain.reason
+    assert aware.status == "chosen" and aware.float_layers[0] == "relu" and aware.verify["cosine"] >= 0.999
+
+
+def test_a_budget_nothing_meets_names_the_closest(tmp_path, model_cache):
+    config = digits_search(tmp_path, 'precisions = ["int8"]\naccuracy_aware = [false]\nmin_cosine = 0.9999999\n')
+    result = cli.invoke(app, ["tune", str(config)])
+    assert result.exit_code == 2
+    (line,) = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert "no candidate meets min_cosine = 0.9999999: the closest is onnxruntime/int8/minmax (cosine 0.99" in line
+    assert " short)" in line
+    assert (tmp_path / "runs" / "tune" / "report.md").is_file()  # the verdicts are there to read
+
+
+@pytest.mark.ray
+def test_ray_and_local_choose_the_same_artifact(tmp_path, model_cache):
+    pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'edgeport[ray]'")
+    search = ('calibration_methods = ["minmax", "percentile"]\naccuracy_aware = [false]\nobjective = "size"\n'
+              "min_top1_agreement = 0.99\n")
+    chosen = {}
+    for executor in ("local", "ray"):
+        folder = tmp_path / executor
+        folder.mkdir()
+        config = load_config(digits_search(folder, search + f'executor = "{executor}"\n', name=executor))
+        result = tune(config)
+        assert result.executor.startswith("Ray at local" if executor == "ray" else "local process pool")
+        chosen[executor] = (result.chosen.label, result.chosen.size_bytes)
+        assert sum(c.status in ("kept", "chosen") for c in result.candidates) == 3
+    assert chosen["ray"] == chosen["local"]
