@@ -37,6 +37,7 @@ test-pi: setup test-deps
 
 bench: setup
 	$(BIN)/python benchmarks/openvino_vs_benchmark_app.py
+	$(BIN)/python benchmarks/real_models.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -427,6 +427,28 @@ def calibrate_command(
         raise fail(e) from None
 
 
+@app.command()
+def crops(
+    out: Annotated[Path, typer.Argument(help="folder to write calibration/ and evaluation/ into")] = Path(
+        "~/.cache/edgeport/sample-crops"),
+    calibration: Annotated[int, typer.Option(help="calibration crops")] = 128,
+    evaluation: Annotated[int, typer.Option(help="evaluation crops (a separate random draw)")] = 300,
+    size: Annotated[int, typer.Option(help="crop side in pixels")] = 224,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+) -> None:
+    """Write random crops of scikit-learn's two sample photos as image folders: real calibration
+    and evaluation data for image models, offline (examples/efficientnet-lite0.toml uses them)."""
+    from edgeport.calibration.crops import write_crops
+
+    try:
+        done = write_crops(out, calibration, evaluation, size, seed)
+    except EdgeportError as e:
+        raise fail(e) from None
+    what = f"wrote {done['written']} crops" if done["written"] else "already there"
+    out_path = done["folder"]
+    err.print(f"{what}: {out_path}/calibration ({calibration}), {out_path}/evaluation ({evaluation})", highlight=False)
+
+
 @app.command("targets")
 def list_targets(as_json: JsonOpt = False) -> None:
     """List the targets and whether each runtime is installed (imports no backend)."""

@@ -71,6 +71,7 @@ class OnnxRuntimeOptions(Strict):
     calibration_method: CalibrationMethod | list[CalibrationMethod] = Field(
         "minmax", description="one method, or a list to build and compare one int8 artifact per method")
     per_channel: bool = True
+    entropy_bins: int = Field(2048, ge=256, description="histogram bins of the entropy calibration")
     symmetric_activations: bool = Field(False, description="int8 activations symmetric around 0 (else uint8 asymmetric)")
     max_accuracy_drop: float | None = Field(None, ge=0, description="accuracy-aware int8: keep the most sensitive "
                                             "layers in float until int8 is within this many points on labelled "

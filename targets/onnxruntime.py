@@ -82,8 +82,14 @@ class OnnxRuntimeTarget(Target):
 
         with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
             prepared = Path(tmp) / "prepared.onnx"
+            extra = {"ActivationSymmetric": symmetric}
             try:
                 quant_pre_process(str(float_artifact.main_file), str(prepared))
+                if method == "entropy":
+                    bins = int(options.get("entropy_bins", 2048))
+                    overrides = entropy_ranges(prepared, Reader, Path(tmp), bins)
+                    extra["TensorQuantOverrides"] = {name: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}]
+                                                     for name, (lo, hi) in overrides.items()}
                 quantize_static(
                     str(prepared), str(out_dir / "model.onnx"), Reader(),
                     quant_format=QuantFormat.QDQ,
@@ -91,11 +97,12 @@ class OnnxRuntimeTarget(Target):
                     # U8 activations with S8 weights is ORT's fast path on x86 and ARM.
                     activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
-                    calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                    # entropy's ranges arrive as overrides (entropy_ranges); the pass here is then minmax
+                    calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.MinMax,
                                       "percentile": CalibrationMethod.Percentile}[method],
                     nodes_to_exclude=list(options.get("nodes_to_exclude", [])),
                     calibration_cache_path=None,
-                    extra_options={"ActivationSymmetric": symmetric},
+                    extra_options=extra,
                 )
             except (ValueError, RuntimeError) as e:
                 raise ExportError(f"onnxruntime int8 quantization failed: {e}") from e
@@ -115,6 +122,29 @@ class OnnxRuntimeTarget(Target):
                 return session.run(None, feeds)
 
         return OrtSession()
+
+
+def entropy_ranges(prepared: Path, reader, tmp: Path, bins: int) -> dict[str, tuple[float, float]]:
+    """Activation ranges by KL divergence, with `bins` histogram bins (TensorRT uses 2048).
+
+    quantize_static leaves ORT's entropy calibrator at 128 bins and 128 quantized bins, where its
+    threshold search has a single candidate, the full range: "entropy" came out byte-identical to
+    minmax. Its thresholds are symmetric around zero, so each is clipped to the range actually
+    seen (a ReLU6 output would otherwise spend half of its uint8 codes on negatives)."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    ranges = {}
+    for method, extra in ((CalibrationMethod.MinMax, {}),
+                          (CalibrationMethod.Entropy, {"num_bins": bins, "num_quantized_bins": 128})):
+        calibrator = create_calibrator(str(prepared), None, augmented_model_path=str(tmp / f"{method.name}.onnx"),
+                                       calibrate_method=method, extra_options=extra)
+        calibrator.collect_data(reader())
+        ranges[method] = {name: (float(np.min(t.range_value[0])), float(np.max(t.range_value[1])))
+                          for name, t in calibrator.compute_data().data.items()}
+        del calibrator
+    seen, kl = ranges[CalibrationMethod.MinMax], ranges[CalibrationMethod.Entropy]
+    return {name: (min(0.0, max(lo, seen[name][0])), max(0.0, min(hi, seen[name][1])))
+            for name, (lo, hi) in kl.items() if name in seen}
 
 
 def run_all(model: Path | bytes, calibration: CalibrationSet, samples: int = 128) -> np.ndarray:

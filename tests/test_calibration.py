@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from edgeport import load_config, run
 from edgeport.calibration.digits import digits_split
 from edgeport.cli import app
+from edgeport.pipeline.run import Run
 from tests.conftest import write_config
 
 PRE = "preprocessing = { scale = 0.00392156862745098, channel_order = \"gray\", layout = \"NCHW\" }\n"
@@ -204,3 +205,27 @@ def test_openvino_range_estimators_and_presets(tmp_path, model_cache):
     scheme = int8.artifact.options["quantization"]
     assert scheme["preset"] == "mixed" and scheme["range_estimator"] == "mean_quantile" and not scheme["per_channel"]
     assert int8.verify.passed and int8.verify.cosine > 0.99
+
+
+@pytest.mark.onnxruntime
+def test_entropy_calibration_is_not_minmax_in_disguise(tmp_path, model_cache):
+    """With quantize_static's defaults ORT's entropy search has one candidate (the full range) and
+    wrote a model byte-identical to minmax; edgeport runs it with 2048 bins instead."""
+    import onnx
+    from onnx import numpy_helper
+
+    config = write_config(tmp_path, targets='[targets.onnxruntime]\nprecisions = ["int8"]\n'
+                                            'calibration_method = ["minmax", "entropy"]\n')
+    built = {a.variant: a for a in Run(load_config(config)).artifacts()}
+
+    def activation_scales(artifact) -> dict[str, float]:
+        model = onnx.load(str(artifact.main_file))
+        consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        return {n.input[0]: float(consts[n.input[1]]) for n in model.graph.node
+                if n.op_type == "QuantizeLinear" and n.input[0] not in consts and consts[n.input[1]].size == 1}
+
+    minmax, entropy = activation_scales(built["minmax"]), activation_scales(built["entropy"])
+    assert built["minmax"].files[0].sha256 != built["entropy"].files[0].sha256
+    # KL thresholds clip outliers: never wider than the observed range, narrower somewhere.
+    assert all(entropy[t] <= minmax[t] * 1.0001 for t in minmax)
+    assert any(entropy[t] < minmax[t] * 0.95 for t in minmax)
