@@ -18,6 +18,7 @@ from edgeport.errors import EdgeportError
 app = typer.Typer(
     help="Take a trained PyTorch model to the edge: export per runtime, calibrate int8, verify, benchmark.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts name TOML sections such as [search]: plain text, not markup
 )
 # Off a terminal rich would wrap tables at 80 columns; results are wider.
 out = Console(width=None if sys.stdout.isatty() else 200)
@@ -350,8 +351,10 @@ def devices_check(
     else:
         facts = report["facts"]
         out.print(f"[bold]{name}[/bold] ({escape(report['address'])}): {facts.get('os')}", highlight=False)
+        temperature = facts.get("temperature_c")
         out.print(f"  arch    {facts.get('arch')}  cpu {facts.get('cpu')}  cores {facts.get('cores')}"
-                  f"  governor {facts.get('governor')}  temperature {facts.get('temperature_c')}", highlight=False)
+                  f"  governor {facts.get('governor') or 'unreadable'}"
+                  f"  temperature {f'{temperature:.1f} °C' if temperature is not None else 'unreadable'}", highlight=False)
         out.print(f"  python  {facts.get('python')}  numpy {facts.get('numpy') or '[red]missing[/red]'}", highlight=False)
         for runtime, found in report["runtimes"].items():
             shown = f"{found['version']} ({found['module']})" if found else "[red]missing[/red]"
