@@ -10,7 +10,9 @@ builds nothing new), in waves that prune what cannot succeed:
 2. plain int8 candidates, in parallel (a process pool or Ray);
 3. accuracy-aware candidates, in parallel, only where the plain int8 model of the same target
    and method missed the budget (else the fallback would keep nothing in float);
-4. benchmarks of the candidates that meet the budget, one at a time per device.
+4. benchmarks, one at a time per device, of the candidates that passed verification: those
+   within the budget compete; those outside it are timed too, so the latency Pareto front shows
+   what the budget costs. A candidate that failed verification is never benchmarked.
 """
 
 from __future__ import annotations
@@ -198,7 +200,8 @@ class Search:
         self.in_parallel(pool, self.prune_orphans([c for c in wave3 if c.status == "pending"], parents_ok))
 
         kept = [c for c in candidates if c.status == "kept"]
-        results = self.bench(kept)
+        timed = [c for c in candidates if c.status == "kept" or (c.status == "rejected" and c.verify["passed"])]
+        results = self.bench(timed)
         baseline = job.bench_baseline() if self.config.bench.baseline else []
         chosen = self.choose(kept)
         built = self.built + job.stages.built
@@ -255,8 +258,8 @@ class Search:
     # --- measuring and choosing
 
     def bench(self, kept: list[Candidate]) -> list[ArtifactResult]:
-        """Benchmark what met the budget: on the objective's device and every [[bench.devices]],
-        one thread per device, each device measuring one artifact at a time."""
+        """Benchmark `kept` on the objective's device and every [[bench.devices]], one thread per
+        device, each device measuring one artifact at a time."""
         from edgeport.pipeline.config import BenchDevice
 
         job = self.job
@@ -285,7 +288,9 @@ class Search:
 
     def choose(self, kept: list[Candidate]) -> Candidate | None:
         if self.search.objective == "size":
-            ranked = sorted(kept, key=lambda c: (c.size_bytes, c.p50_ms if c.p50_ms is not None else 1e9))
+            # Ties (int8 files of different calibration methods have the same size) go to the closer
+            # artifact, not to a noisy latency: the same sweep must choose the same file anywhere.
+            ranked = sorted(kept, key=lambda c: (c.size_bytes, -c.verify["cosine"], c.label))
         else:
             ranked = sorted((c for c in kept if c.p50_ms is not None), key=lambda c: (c.p50_ms, c.size_bytes))
         if ranked:

@@ -96,6 +96,7 @@ def test_accuracy_aware_candidates_are_built_where_plain_int8_misses(tmp_path):
     by_label = {c.label: c for c in result.candidates}
     plain, aware = by_label["onnxruntime/int8/minmax"], by_label["onnxruntime/int8/minmax-aware"]
     assert plain.status == "rejected" and plain.reason.startswith("cosine ") and "< 0.999" in plain.reason
+    assert not plain.verify["passed"] and plain.p50_ms is None  # failed verification: never benchmarked
     assert aware.status == "chosen" and aware.float_layers[0] == "relu" and aware.verify["cosine"] >= 0.999
 
 
@@ -107,6 +108,10 @@ def test_a_budget_nothing_meets_names_the_closest(tmp_path, model_cache):
     assert "no candidate meets min_cosine = 0.9999999: the closest is onnxruntime/int8/minmax (cosine 0.99" in line
     assert " short)" in line
     assert (tmp_path / "runs" / "tune" / "report.md").is_file()  # the verdicts are there to read
+    # Outside the budget but verified: timed anyway, so the latency Pareto front shows the trade-off.
+    search = json.loads((tmp_path / "runs" / "tune" / "report.json").read_text())["search"]
+    (int8,) = [c for c in search["candidates"] if c["label"] == "onnxruntime/int8/minmax"]
+    assert int8["status"] == "rejected" and int8["verify"]["passed"] and int8["p50_ms"] > 0
 
 
 @pytest.mark.ray
