@@ -257,8 +257,8 @@ class Search:
 
     # --- measuring and choosing
 
-    def bench(self, kept: list[Candidate]) -> list[ArtifactResult]:
-        """Benchmark `kept` on the objective's device and every [[bench.devices]], one thread per
+    def bench(self, timed: list[Candidate]) -> list[ArtifactResult]:
+        """Benchmark `timed` on the objective's device and every [[bench.devices]], one thread per
         device, each device measuring one artifact at a time."""
         from edgeport.pipeline.config import BenchDevice
 
@@ -266,12 +266,12 @@ class Search:
         configured = {e.name: e for e, _ in job.bench_devices()} if self.config.bench.devices else {}
         names = dict.fromkeys([self.search.device, *configured])
         pairs = [(configured.get(n) or BenchDevice(name=n), job.profile(n)) for n in names]
-        results = {c.label: ArtifactResult(Artifact.load(job.run_dir / c.path)) for c in kept}
-        for c in kept:
+        results = {c.label: ArtifactResult(Artifact.load(job.run_dir / c.path)) for c in timed}
+        for c in timed:
             results[c.label].verify = job.verify(results[c.label].artifact)
 
         def on_device(entry, profile) -> None:
-            for c in kept:
+            for c in timed:
                 r = results[c.label]
                 if profile.runtimes and r.artifact.target not in profile.runtimes:
                     continue
