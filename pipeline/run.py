@@ -338,10 +338,8 @@ class Run:
 
         is_local = profile.transport == "local"
         threads = threads_of(self.config) if is_local else (entry.threads if entry.threads is not None else profile.threads)
-        b = self.config.bench
-        settings = {"iterations": b.iterations, "min_seconds": b.min_seconds, "warmup": b.warmup, "threads": threads,
-                    "options": options}
-        samples = 0 if is_local or not entry.verify else b.device_verify_samples
+        settings = {**self.bench_settings(), "threads": threads, "options": options}
+        samples = 0 if is_local or not entry.verify else self.config.bench.device_verify_samples
         evaluation = self.data()[1] if samples else None
         key = {"artifact": artifact.id, "settings": settings, "device": profile.model_dump(exclude={"description"}),
                "runner": sha256_file(RUNNER), "versions": self.versions,
