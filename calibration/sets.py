@@ -132,10 +132,10 @@ def read_pool(source: str, path: Path | None, specs: list[TensorSpec], preproces
 def build_sets(
     source: str, specs: list[TensorSpec], calibration_samples: int, eval_samples: int, seed: int,
     path: Path | None = None, preprocessing: dict | None = None, function: str | None = None,
-    eval_path: Path | None = None, base_dir: Path = Path("."),
+    eval_path: Path | None = None, base_dir: Path = Path("."), eval_function: str | None = None,
 ) -> tuple[CalibrationSet, CalibrationSet]:
     """(calibration, evaluation): disjoint, chosen with `seed`, checked against the input specs.
-    With `eval_path`, evaluation comes from that second source of the same kind."""
+    With `eval_path` (or `eval_function` for callables), evaluation comes from that second source."""
     rng = np.random.default_rng(seed)
     if source in ("npy", "images", "callable"):
         arrays, labels = read_pool(source, path, specs, preprocessing, function,
@@ -143,19 +143,20 @@ def build_sets(
         where = str(path or function)
         check_arrays(arrays, specs, where)
         total = len(next(iter(arrays.values())))
-        if eval_path is not None:
+        if eval_path is not None or eval_function:
             if calibration_samples > total:
                 raise DataError(f"{where}: {total} samples found; asked for {calibration_samples} calibration samples")
             cal_idx = np.sort(rng.permutation(total)[:calibration_samples])
             calib = {k: v[cal_idx] for k, v in arrays.items()}
-            ev_arrays, ev_labels = read_pool(source, eval_path, specs, preprocessing, function, 100_000, base_dir)
-            check_arrays(ev_arrays, specs, str(eval_path))
+            ev_arrays, ev_labels = read_pool(source, eval_path, specs, preprocessing, eval_function or function, 100_000,
+                                             base_dir)
+            check_arrays(ev_arrays, specs, str(eval_path or eval_function))
             n_eval = min(eval_samples or len(next(iter(ev_arrays.values()))), len(next(iter(ev_arrays.values()))))
             evaluation = {k: v[:n_eval] for k, v in ev_arrays.items()}
             eval_labels = ev_labels[:n_eval] if ev_labels is not None else None
             check_disjoint(calib, evaluation)
             return (make_set(calib, labels[cal_idx] if labels is not None else None, f"{source}:{where}", seed),
-                    make_set(evaluation, eval_labels, f"{source}:{eval_path}", seed))
+                    make_set(evaluation, eval_labels, f"{source}:{eval_path or eval_function}", seed))
         n_eval = eval_samples or max(total - calibration_samples, 0)
         if calibration_samples + n_eval > total or n_eval == 0:
             raise DataError(

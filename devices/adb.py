@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
+import tempfile
 import uuid
+from pathlib import Path
 
 from edgeport.devices.profiles import AdbProfile
 from edgeport.devices.transport import Completed, Device, run_local
-from edgeport.errors import DeviceError
+from edgeport.errors import DeviceError, DeviceUnreachableError
 from edgeport.types import Artifact
 
 FACTS_SCRIPT = ("echo arch=$(uname -m); echo cores=$(nproc 2>/dev/null); echo model=$(getprop ro.product.model); "
@@ -35,7 +38,7 @@ class AdbDevice(Device):
             return
         done = run_local([*self.base, "get-state"], 15, None, f"device {self.name}")
         if done.returncode != 0 or done.stdout.decode().strip() != "device":
-            raise DeviceError(f"device {self.name}: {self.profile.address} is not attached or not authorised: {done.tail(1)}")
+            raise DeviceUnreachableError(f"device {self.name}: {self.profile.address} is not attached or not authorised: {done.tail(1)}")
         self._connected = True
 
     def run(self, argv: list[str], timeout: float, stdin: bytes | None = None) -> Completed:
@@ -78,16 +81,35 @@ def uses_benchmark_model(device: Device, artifact: Artifact) -> bool:
         and not profile.python
 
 
-def bench_with_benchmark_model(device: AdbDevice, artifact: Artifact, settings: dict) -> dict:
-    """Push the .tflite file, run benchmark_model on it, parse what it prints."""
+def input_value_files(artifact: Artifact, samples: dict, folder: Path) -> dict[str, Path]:
+    """One held-out sample per input as the raw bytes benchmark_model reads
+    (--input_layer_value_files), keyed by the interpreter's tensor name: without them it would
+    time the model on random values, and random token ids are garbage."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=str(artifact.main_file)).get_signature_runner()
+    tensor_names = {key: d["name"] for key, d in runner.get_input_details().items()}
+    files = {}
+    for k, spec in enumerate(artifact.inputs):
+        path = folder / f"input{k}.bin"
+        path.write_bytes(spec.from_source(samples[spec.name][:1]).tobytes())
+        files[tensor_names[spec.key]] = path
+    return files
+
+
+def bench_with_benchmark_model(device: AdbDevice, artifact: Artifact, settings: dict, samples: dict) -> dict:
+    """Push the .tflite file and one real sample, run benchmark_model on it, parse what it prints."""
     job = f"{device.workdir.rstrip('/')}/job-{uuid.uuid4().hex[:12]}"
     model = artifact.files[0].path
     xnnpack = settings.get("options", {}).get("xnnpack", True)
+    tmp = Path(tempfile.mkdtemp(prefix="edgeport-adb-"))
+    values = input_value_files(artifact, samples, tmp)
     argv = [device.profile.benchmark_model, f"--graph={job}/{model}", f"--num_threads={settings['threads']}",
             f"--warmup_runs={settings['warmup']}", f"--num_runs={settings['iterations']}",
-            f"--min_secs={settings['min_seconds']}", f"--use_xnnpack={'true' if xnnpack else 'false'}"]
+            f"--min_secs={settings['min_seconds']}", f"--use_xnnpack={'true' if xnnpack else 'false'}",
+            "--input_layer_value_files=" + ",".join(f"{name}:{job}/{path.name}" for name, path in values.items())]
     try:
-        device.push({model: artifact.root / model}, job)
+        device.push({model: artifact.root / model, **{p.name: p for p in values.values()}}, job)
         done = device.run(argv, device.profile.timeout)
         if done.returncode != 0:
             raise DeviceError(f"device {device.name}: benchmark_model failed on {artifact.label} "
@@ -95,6 +117,7 @@ def bench_with_benchmark_model(device: AdbDevice, artifact: Artifact, settings: 
         parsed = parse_benchmark_model(done.stdout.decode(errors="replace") + done.stderr)
     finally:
         device.remove(job)
+        shutil.rmtree(tmp, ignore_errors=True)
     return {"device": device.name, "runtime": "tflite", "runtime_version": "benchmark_model", "threads": settings["threads"],
             "warmup": settings["warmup"], "batch": 1, **parsed, "model_size_bytes": artifact.size_bytes,
             "options": {"tool": "benchmark_model", "xnnpack": xnnpack, "clock": "benchmark_model",

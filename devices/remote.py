@@ -38,31 +38,43 @@ def pip_line(device: Device, packages: list[str]) -> str:
     return shlex.join([device.python, "-m", "pip", "install", *pinned])
 
 
-def measure(device: Device, artifact: Artifact, settings: dict, verify_inputs: dict[str, np.ndarray] | None = None) -> dict:
+def measure(device: Device, artifact: Artifact, settings: dict, samples: dict[str, np.ndarray],
+            verify_inputs: dict[str, np.ndarray] | None = None) -> dict:
     """Benchmark one artifact on a device: TFLite's benchmark_model on a phone without Python,
-    else edgeport's runner."""
+    else edgeport's runner. `samples` are real inputs (by the user's input names, source layout)
+    that the runner cycles through; never random values."""
     from edgeport.devices.adb import bench_with_benchmark_model, uses_benchmark_model
 
     if uses_benchmark_model(device, artifact):
-        return bench_with_benchmark_model(device, artifact, settings)
+        return bench_with_benchmark_model(device, artifact, settings, samples)
     if device.profile.transport == "adb" and not device.profile.python:
         raise DeviceError(f"device {device.name}: {artifact.label} needs edgeport's runner, and the profile names no "
                           "python on the phone; only tflite artifacts run there (through benchmark_model)")
-    return bench_artifact(device, artifact, settings, verify_inputs)
+    return bench_artifact(device, artifact, settings, samples, verify_inputs)
 
 
-def bench_artifact(device: Device, artifact: Artifact, settings: dict, verify_inputs: dict[str, np.ndarray] | None = None,
-                   timeout: float | None = None) -> dict:
+def save_inputs(artifact: Artifact, arrays: dict[str, np.ndarray], path: Path) -> list[str]:
+    """Inputs by the user's names (source layout) -> an .npz in the runtime's layout and dtype
+    (in0, in1, ...); returns the runtime's names of those inputs, in that order."""
+    np.savez(path, **{f"in{k}": a.from_source(arrays[a.name]) for k, a in enumerate(artifact.inputs)})
+    return [a.key for a in artifact.inputs]
+
+
+def bench_artifact(device: Device, artifact: Artifact, settings: dict, samples: dict[str, np.ndarray],
+                   verify_inputs: dict[str, np.ndarray] | None = None, timeout: float | None = None) -> dict:
     """Run the runner on `device` for one artifact; the result dict has the BenchResult fields
-    (and, with `verify_inputs`, the device's outputs for them as `verify_outputs`)."""
+    (and, with `verify_inputs`, the device's outputs for them as `verify_outputs`: one array per
+    artifact output, in the artifact's order, in the source layout)."""
     job = f"{device.workdir.rstrip('/')}/job-{uuid.uuid4().hex[:12]}"
-    request = {**settings, "runtime": artifact.target, "model": artifact.files[0].path,
-               "inputs": [s.model_dump() for s in artifact.inputs], "model_size_bytes": artifact.size_bytes,
-               "device": device.name}
     with tempfile.TemporaryDirectory(prefix="edgeport-job-") as tmp:
-        files = {"runner.py": RUNNER, **{f.path: artifact.root / f.path for f in artifact.files}}
+        names = save_inputs(artifact, samples, Path(tmp) / "bench_inputs.npz")
+        request = {**settings, "runtime": artifact.target, "model": artifact.files[0].path,
+                   "feeds": {"file": "bench_inputs.npz", "names": names}, "model_size_bytes": artifact.size_bytes,
+                   "device": device.name}
+        files = {"runner.py": RUNNER, "bench_inputs.npz": Path(tmp) / "bench_inputs.npz",
+                 **{f.path: artifact.root / f.path for f in artifact.files}}
         if verify_inputs is not None:
-            np.savez(Path(tmp) / "verify_inputs.npz", **verify_inputs)
+            save_inputs(artifact, verify_inputs, Path(tmp) / "verify_inputs.npz")
             files["verify_inputs.npz"] = Path(tmp) / "verify_inputs.npz"
             request["verify"] = "verify_inputs.npz"
         (Path(tmp) / "request.json").write_text(json.dumps(request))
@@ -73,8 +85,10 @@ def bench_artifact(device: Device, artifact: Artifact, settings: dict, verify_in
                               timeout or device.profile.timeout)
             result = read_result(device, artifact, job, done)
             if verify_inputs is not None:
-                with np.load(io.BytesIO(device.read(f"{job}/{result.pop('verify_outputs')}"))) as data:
-                    result["verify_outputs"] = [data[f"out{k}"] for k in range(len(data.files))]
+                saved = result.pop("verify_outputs")
+                with np.load(io.BytesIO(device.read(f"{job}/{saved['file']}"))) as data:
+                    by_name = {n: data[f"out{k}"] for k, n in enumerate(saved["names"])}
+                result["verify_outputs"] = [a.to_source(by_name[a.key]) for a in artifact.outputs]
             return result
         finally:
             device.remove(job)
@@ -124,8 +138,25 @@ def missing_runtimes(device: Device, facts: dict, wanted: list[str]) -> list[str
     return missing
 
 
+def run_samples_for(artifact: Artifact, data: Path | None, count: int = 32) -> dict[str, np.ndarray]:
+    """Held-out samples to time `artifact` on: from `data` (an .npz of arrays named by input), or
+    else from the run the artifact belongs to (runs/NAME/calibration/evaluation.npz)."""
+    from edgeport.errors import ConfigError
+
+    path = data or artifact.root.resolve().parent.parent / "calibration" / "evaluation.npz"
+    if not path.is_file():
+        raise ConfigError(f"{artifact.label}: no samples to feed it ({path} not found): pass --data FILE.npz with "
+                          "one array per input name (random values would time a token model on garbage ids)")
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k.removeprefix("input:"): f[k] for k in f.files if k != "labels" and not k.startswith("_")}
+    missing = [a.name for a in artifact.inputs if a.name not in arrays]
+    if missing:
+        raise ConfigError(f"{path}: no array for input(s) {', '.join(missing)} (found {', '.join(arrays)})")
+    return {a.name: arrays[a.name][:count] for a in artifact.inputs}
+
+
 def bench_many(artifact_paths: list[Path], device_names: list[str], devices_dir, settings: dict, runtime_options: dict,
-               output: Path):
+               output: Path, data: Path | None = None):
     """`edgeport bench`: every artifact on every device, yielding (artifact, BenchResult) as each is
     measured and rewriting `output` after each, so a failure keeps what was already measured."""
     from edgeport.devices.profiles import get_profile
@@ -133,6 +164,7 @@ def bench_many(artifact_paths: list[Path], device_names: list[str], devices_dir,
     from edgeport.types import BenchResult, write_text_atomic
 
     artifacts = [Artifact.load(p) for p in artifact_paths]  # hashes checked before any device work
+    samples = {a.root: run_samples_for(a, data) for a in artifacts}
     profiles = [get_profile(name, devices_dir) for name in device_names]
     done: list[dict] = []
     for profile in profiles:
@@ -142,7 +174,8 @@ def bench_many(artifact_paths: list[Path], device_names: list[str], devices_dir,
                 options = {"hint": runtime_options["hint"]} if artifact.target == "openvino" else {}
                 try:
                     result = BenchResult.model_validate(measure(device, artifact, {**settings, "threads": threads,
-                                                                                   "options": options}))
+                                                                                   "options": options},
+                                                               samples[artifact.root]))
                 except DeviceError as e:
                     kept = f"{len(done)} result(s) already measured are kept in {output}" if done else "nothing was measured yet"
                     raise DeviceError(f"{e}. {kept}") from e

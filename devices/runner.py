@@ -33,17 +33,22 @@ RUNTIME_PACKAGES = {
 MISSING_RUNTIME = 3  # exit code: the runtime (or numpy) is not installed here
 
 
-def measure(run_once, warmup: int, iterations: int, min_seconds: float, runtime_clock=None) -> dict:
+def measure(run_once, warmup: int, iterations: int, min_seconds: float, runtime_clock=None, next_inputs=None) -> dict:
     """Time `run_once`: `warmup` calls untimed, then at least `iterations` calls and `min_seconds`.
 
     With `runtime_clock` (a function returning the runtime's own latency of the last call, in
     ms), the statistics come from it and the wall-clock median is kept as `wall_p50_ms`.
+    `next_inputs()`, when given, binds the next sample before each call, outside the timing.
     """
     for _ in range(warmup):
+        if next_inputs is not None:
+            next_inputs()
         run_once()
     times_ns, runtime_ms = [], []
     started = time.perf_counter()
     while len(times_ns) < iterations or time.perf_counter() - started < min_seconds:
+        if next_inputs is not None:
+            next_inputs()
         t0 = time.perf_counter_ns()
         run_once()
         times_ns.append(time.perf_counter_ns() - t0)
@@ -75,19 +80,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def random_feeds(inputs: list[dict], batch: int, seed: int) -> dict:
-    """One input per spec: normal floats, or integers spanning the dtype."""
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for spec in inputs:
-        shape = tuple(d if isinstance(d, int) else batch for d in spec["shape"])
-        dtype = np.dtype(spec.get("dtype", "float32"))
-        if dtype.kind == "f":
-            feeds[spec["name"]] = rng.standard_normal(shape).astype(dtype)
-        else:
-            info = np.iinfo(dtype)
-            feeds[spec["name"]] = rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
-    return feeds
+def load_samples(path: str, names: list[str]) -> list[dict]:
+    """The samples to feed, one dict per sample (batch of one), from an .npz holding one array per
+    input (`in0`, `in1`, ... in the order of `names`, the runtime's tensor names), sample axis first."""
+    with np.load(path) as data:
+        arrays = [data[f"in{k}"] for k in range(len(names))]
+    return [{name: np.ascontiguousarray(a[i : i + 1]) for name, a in zip(names, arrays)} for i in range(len(arrays[0]))]
 
 
 def _read(path: str) -> str | None:
@@ -138,15 +136,17 @@ def load_onnxruntime(path: str, threads: int, options: dict, shapes: dict) -> Lo
     session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
     binding = session.io_binding()
 
+    names = [o.name for o in session.get_outputs()]
+
     def set_inputs(feeds):
         for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
-        for output in session.get_outputs():
-            binding.bind_output(output.name, "cpu")
+        for name in names:
+            binding.bind_output(name, "cpu")
 
     def invoke():
         session.run_with_iobinding(binding)
-        return binding.get_outputs()
+        return dict(zip(names, binding.get_outputs()))
 
     return Loaded(ort.__version__, {"providers": ["CPUExecutionProvider"], "io": "bound once"}, set_inputs, invoke)
 
@@ -179,7 +179,7 @@ def load_openvino(path: str, threads: int, options: dict, shapes: dict) -> Loade
 
     def invoke():
         request.infer()
-        return [request.get_output_tensor(i).data for i in range(len(compiled.outputs))]
+        return {name: request.get_output_tensor(i).data for i, o in enumerate(compiled.outputs) for name in o.get_names()}
 
     # OpenVINO times each request itself (what benchmark_app reports); the Python call adds
     # a few microseconds that a C++ app does not pay. The wall-clock median is kept too.
@@ -200,8 +200,10 @@ def load_tflite(path: str, threads: int, options: dict, shapes: dict) -> Loaded:
         kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     interpreter = Interpreter(model_path=path, **kwargs)
     interpreter.allocate_tensors()
-    ins = {d["name"]: d["index"] for d in interpreter.get_input_details()}
-    outs = [d["index"] for d in interpreter.get_output_details()]
+    # Tensors are named by the signature's keys (tensor indices follow no useful order).
+    signature = interpreter.get_signature_runner()
+    ins = {k: d["index"] for k, d in signature.get_input_details().items()}
+    outs = {k: d["index"] for k, d in signature.get_output_details().items()}
 
     def set_inputs(feeds):
         for name, value in feeds.items():
@@ -209,7 +211,7 @@ def load_tflite(path: str, threads: int, options: dict, shapes: dict) -> Loaded:
 
     def invoke():
         interpreter.invoke()
-        return [interpreter.get_tensor(i) for i in outs]
+        return {name: interpreter.get_tensor(index) for name, index in outs.items()}
 
     ran = {"xnnpack": options.get("xnnpack", True), "io": "bound once"}
     return Loaded(getattr(lib, "__version__", "unknown"), ran, set_inputs, invoke)
@@ -219,32 +221,36 @@ LOADERS = {"onnxruntime": load_onnxruntime, "openvino": load_openvino, "tflite":
 
 
 def bench(request: dict, folder: str = ".") -> dict:
-    """Load the model, time it, and return the BenchResult fields. With request["verify"], also
-    run every sample of that .npz (inputs already in the artifact's layout and dtype) and save the
+    """Load the model, time it on the samples the host sent (cycled, each bound before its call,
+    outside the timing), and return the BenchResult fields. With request["verify"], also run
+    every sample of that .npz (inputs already in the artifact's layout and dtype) and save the
     outputs beside the result for the host to compare with PyTorch."""
     runtime = request["runtime"]
     threads = int(request.get("threads") or 0) or os.cpu_count() or 1  # 0 = every core of this device
-    batch = int(request.get("batch", 1))
     model = os.path.join(folder, request["model"])
-    feeds = random_feeds(request["inputs"], batch, int(request.get("seed", 0)))
+    names = request["feeds"]["names"]
+    samples = load_samples(os.path.join(folder, request["feeds"]["file"]), names)
     t0 = time.perf_counter()
-    loaded = LOADERS[runtime](model, threads, request.get("options", {}), {k: v.shape for k, v in feeds.items()})
-    loaded.set_inputs(feeds)
+    loaded = LOADERS[runtime](model, threads, request.get("options", {}), {k: v.shape for k, v in samples[0].items()})
+    loaded.set_inputs(samples[0])
     load_ms = (time.perf_counter() - t0) * 1e3
     t0 = time.perf_counter()
     loaded.invoke()
     first_ms = (time.perf_counter() - t0) * 1e3
+    order = iter(range(1 << 62))
+    cycle = (lambda: loaded.set_inputs(samples[next(order) % len(samples)])) if len(samples) > 1 else None
     stats = measure(loaded.invoke, int(request["warmup"]), int(request["iterations"]), float(request["min_seconds"]),
-                    loaded.clock)
+                    loaded.clock, cycle)
     ran = dict(loaded.ran)
     ran["clock"], ran["wall_p50_ms"] = stats.pop("clock"), stats.pop("wall_p50_ms")
+    ran["inputs"] = f"{len(samples)} held-out sample(s), cycled"
     result = {
         "device": request.get("device", "local"),
         "runtime": runtime,
         "runtime_version": str(loaded.version),
         "threads": threads,
         "warmup": int(request["warmup"]),
-        "batch": batch,
+        "batch": 1,
         **stats,
         "load_ms": load_ms,
         "first_ms": first_ms,
@@ -254,24 +260,22 @@ def bench(request: dict, folder: str = ".") -> dict:
         "device_facts": device_facts(),
     }
     if request.get("verify"):
-        result["verify_outputs"] = run_samples(loaded, os.path.join(folder, request["verify"]), folder)
+        result["verify_outputs"] = run_samples(loaded, os.path.join(folder, request["verify"]), names, folder)
     return result
 
 
-def run_samples(loaded: Loaded, path: str, folder: str) -> str:
-    """Run each sample of an .npz of inputs one at a time; write outputs.npz (out0, out1, ...)."""
-    data = np.load(path)
-    names = list(data.files)
-    outputs: list[list] = []
-    for i in range(len(data[names[0]])):
-        loaded.set_inputs({name: np.ascontiguousarray(data[name][i : i + 1]) for name in names})
-        for k, out in enumerate(loaded.invoke()):
-            if len(outputs) <= k:
-                outputs.append([])
-            outputs[k].append(np.array(out.numpy() if hasattr(out, "numpy") else out))  # a copy: buffers are reused
-    name = "verify_outputs.npz"
-    np.savez(os.path.join(folder, name), **{f"out{k}": np.concatenate(parts) for k, parts in enumerate(outputs)})
-    return name
+def run_samples(loaded: Loaded, path: str, names: list[str], folder: str) -> dict:
+    """Run each sample of an .npz of inputs (in0, in1, ... for `names`) one at a time; write the
+    outputs to verify_outputs.npz (out0, out1, ...) and return its name with the output names."""
+    outputs: dict[str, list] = {}
+    for feeds in load_samples(path, names):
+        loaded.set_inputs(feeds)
+        for name, out in loaded.invoke().items():
+            outputs.setdefault(name, []).append(np.array(out.numpy() if hasattr(out, "numpy") else out))  # a copy
+    keys = list(outputs)
+    file = "verify_outputs.npz"
+    np.savez(os.path.join(folder, file), **{f"out{k}": np.concatenate(outputs[n]) for k, n in enumerate(keys)})
+    return {"file": file, "names": keys}
 
 
 def runtime_versions() -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edgeport.devices.profiles import SshProfile
 from edgeport.devices.transport import Completed, Device, run_local
-from edgeport.errors import DeviceError
+from edgeport.errors import DeviceError, DeviceUnreachableError
 
 SSH_FAILED = 255  # ssh's own exit code: the connection, not the command, failed
 
@@ -62,9 +62,12 @@ class SshDevice(Device):
         if self._connected:
             return
         limit = self.profile.connect_timeout + 5
-        done = run_local([*self.base, self.destination, "--", "true"], limit, None, f"device {self.name}")
+        try:
+            done = run_local([*self.base, self.destination, "--", "true"], limit, None, f"device {self.name}")
+        except DeviceError as e:  # no answer within the limit
+            raise DeviceUnreachableError(str(e)) from e
         if done.returncode != 0:
-            raise DeviceError(f"device {self.name}: cannot connect to {self.profile.address}: {done.tail(2)}")
+            raise DeviceUnreachableError(f"device {self.name}: cannot connect to {self.profile.address}: {done.tail(2)}")
         self._connected = True
 
     def run(self, argv: list[str], timeout: float, stdin: bytes | None = None) -> Completed:
@@ -74,7 +77,7 @@ class SshDevice(Device):
         if done.returncode == SSH_FAILED:
             if not self.master_alive():
                 self._connected = False
-                raise DeviceError(f"device {self.name}: connection to {self.profile.address} lost: {done.tail(2)}")
+                raise DeviceUnreachableError(f"device {self.name}: connection to {self.profile.address} lost: {done.tail(2)}")
             done.killed = True  # the connection is fine: the remote command died by a signal
         return done
 

@@ -275,6 +275,8 @@ def bench(
     warmup: Annotated[int, typer.Option(help="untimed runs first")] = 10,
     hint: Annotated[str, typer.Option(help="OpenVINO INFERENCE_PRECISION_HINT: f32, bf16 or default")] = "f32",
     output: Annotated[Path, typer.Option("--out", help="results so far, rewritten after every measurement")] = Path("bench.json"),
+    data: Annotated[Optional[Path], typer.Option("--data", help="samples to feed (.npz, one array per input name); "
+                                                 "default: the held-out set of the run the artifact belongs to")] = None,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -286,7 +288,7 @@ def bench(
     results = []
     try:
         settings = {"iterations": iterations, "min_seconds": min_seconds, "warmup": warmup, "threads": threads}
-        for a, b in bench_many(artifacts, device or ["local"], devices_dir, settings, {"hint": hint}, output):
+        for a, b in bench_many(artifacts, device or ["local"], devices_dir, settings, {"hint": hint}, output, data):
             results.append((a, b))
             err.print(f"measured {a.label} on {b.device}: p50 {b.p50_ms} ms", highlight=False)
     except EdgeportError as e:

@@ -13,7 +13,7 @@ def results_table(result) -> Table:
                 "speedup", "verified"):
         table.add_column(col, justify="left" if col in ("target", "precision", "variant", "device", "verified") else "right")
     for row in table_rows(result):
-        verdict = {"pass": "[green]pass[/green]", "FAIL": "[red]FAIL[/red]"}.get(row["verified"], row["verified"])
+        verdict = {"pass": "[green]pass[/green]", "FAIL": "[red]FAIL[/red]", "error": "[red]error[/red]"}.get(row["verified"], row["verified"])
         table.add_row(row["target"], row["precision"], row["variant"], row["device"], fmt(row["size_kb"], ".1f"),
                       fmt(row["accuracy_pct"], ".2f"), fmt(row["cosine"], ".6f"), fmt(row["p50_ms"], ".4f"),
                       fmt(row["p90_ms"], ".4f"), f"{row['speedup']:.2f}x" if row["speedup"] else "—", verdict)

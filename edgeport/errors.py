@@ -36,6 +36,10 @@ class DeviceError(EdgeportError):
     """A device could not be reached or a command on it failed."""
 
 
+class DeviceUnreachableError(DeviceError):
+    """No connection to the device (refused, timed out, lost): nothing more can run there."""
+
+
 class VerificationError(EdgeportError):
     """An export does not compute what the original did (outside tolerance)."""
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from edgeport.errors import ArtifactIntegrityError
 
@@ -19,6 +19,10 @@ Dim = int | str  # a string names a dynamic dimension ("batch")
 
 
 class TensorSpec(BaseModel):
+    """One input or output. `name` is always the user's name; the other fields describe the
+    tensor as the runtime holds it, and `runtime_name` / `source_dtype` say how that differs
+    from the model the user gave (every consumer maps tensors by name through this record)."""
+
     model_config = ConfigDict(extra="forbid")
 
     name: str
@@ -29,20 +33,52 @@ class TensorSpec(BaseModel):
     zero_point: int | None = None
     # How this tensor's axes come from the source model's: tensor = source.transpose(source_axes).
     source_axes: list[int] | None = None
+    # The runtime's own name when it differs (a TFLite signature key such as "args_0").
+    runtime_name: str | None = None
+    # The model's dtype when the runtime's differs (TFLite takes int64 token ids as int32).
+    source_dtype: str | None = None
+
+    @field_validator("dtype", "source_dtype")
+    @classmethod
+    def known_dtype(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            kind = np.dtype(value).kind
+        except TypeError:
+            raise ValueError(f"dtype {value!r} is not a numpy dtype name (float32, float16, int64, int32, int8, uint8, "
+                             "bool)") from None
+        if kind not in "fiub":
+            raise ValueError(f"dtype {value!r} is not a tensor dtype (float32, float16, int64, int32, int8, uint8, bool)")
+        return np.dtype(value).name
+
+    @property
+    def key(self) -> str:
+        """What the runtime calls this tensor."""
+        return self.runtime_name or self.name
+
+    @property
+    def quantized(self) -> bool:
+        return np.dtype(self.dtype).kind in "iu" and bool(self.scale)
 
     def from_source(self, array: np.ndarray) -> np.ndarray:
-        """A source-layout float array as this tensor takes it: transposed, then quantized for int IO."""
+        """A source-layout array as this tensor takes it: transposed, then quantized for int8 IO
+        or cast (int64 ids -> int32)."""
         if self.source_axes:
             array = array.transpose(self.source_axes)
-        if np.dtype(self.dtype).kind in "iu" and self.scale:
+        if self.quantized:
             info = np.iinfo(self.dtype)
             array = np.clip(np.round(array / self.scale) + self.zero_point, info.min, info.max)
         return np.ascontiguousarray(array.astype(self.dtype))
 
     def to_source(self, array: np.ndarray) -> np.ndarray:
-        """This tensor's values in the source model's layout, dequantized to float32."""
-        if np.dtype(self.dtype).kind in "iu" and self.scale:
+        """This tensor's values in the source model's layout: dequantized to float32 for int8 IO,
+        else in the model's own dtype."""
+        array = np.asarray(array)
+        if self.quantized:
             array = (array.astype(np.float32) - self.zero_point) * self.scale
+        elif self.source_dtype:
+            array = array.astype(self.source_dtype)
         if self.source_axes:
             array = array.transpose(np.argsort(self.source_axes))
         return array
@@ -154,11 +190,18 @@ class Artifact(BaseModel):
 
 
 class OutputMetrics(BaseModel):
+    """One output of an artifact against PyTorch's on the same samples (edgeport.metrics)."""
+
     name: str
+    samples: int = 0
     max_abs: float
-    cosine: float
+    cosine: float  # mean over samples of each sample's cosine (of the input-dependent part when `centred`)
+    cosine_min: float | None = None  # the worst sample's
+    cosine_global: float | None = None  # all samples as one vector, raw values
     sqnr_db: float
-    top1_agreement: float | None = None
+    top1_agreement: float | None = None  # class-score outputs only
+    input_dependence: float | None = None  # share of the reference's energy that varies with the input
+    centred: bool = False  # judged on outputs minus the reference's mean (it hardly varies)
 
 
 class VerifyReport(BaseModel):
@@ -169,26 +212,39 @@ class VerifyReport(BaseModel):
     outputs: list[OutputMetrics]
     accuracy: float | None = None  # fraction in [0, 1]
     reference_accuracy: float | None = None
+    scores_output: str | None = None  # the class-score output accuracy was measured on
     passed: bool
     failures: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
     tolerances: dict = Field(default_factory=dict)
 
     @property
     def cosine(self) -> float:
+        """The worst output's mean per-sample cosine."""
         return min(o.cosine for o in self.outputs)
 
+    @property
+    def top1_agreement(self) -> float | None:
+        values = [o.top1_agreement for o in self.outputs if o.top1_agreement is not None]
+        return min(values) if values else None
+
     def summary(self) -> dict:
-        """The flat form report.json carries."""
-        first = self.outputs[0]
+        """The flat form report.json carries: the worst output for each figure, and every output."""
+        mins = [o.cosine_min for o in self.outputs if o.cosine_min is not None]
         return {
             "passed": self.passed,
             "accuracy": self.accuracy,
+            "reference_accuracy": self.reference_accuracy,
             "cosine": self.cosine,
+            "cosine_min": min(mins) if mins else None,
             "max_abs": max(o.max_abs for o in self.outputs),
             "sqnr_db": min(o.sqnr_db for o in self.outputs),
-            "top1_agreement": first.top1_agreement,
+            "top1_agreement": self.top1_agreement,
+            "worst_output": min(self.outputs, key=lambda o: o.cosine).name,
             "samples": self.samples,
             "failures": self.failures,
+            "warnings": self.warnings,
+            "outputs": [o.model_dump() for o in self.outputs],
         }
 
 

@@ -162,8 +162,45 @@ def verify_bundle(bundle: Path) -> dict:
         return manifest
 
 
+def manifest_mismatches(manifest: dict, declared: dict) -> list[str]:
+    """Every IO field and the precision of the manifest against what the model file declares."""
+    from edgeport.targets.base import numerics_of
+
+    problems = []
+    if numerics_of(manifest["precision"]) != declared["numerics"]:
+        problems.append(f"precision {manifest['precision']!r}, but the model file's weights are {declared['numerics']}")
+    for kind in ("inputs", "outputs"):
+        found = {t["name"]: t for t in declared[kind]}
+        listed = {s.get("runtime_name") or s["name"]: s for s in manifest[kind]}
+        if set(found) != set(listed):
+            problems.append(f"{kind} {sorted(listed)}, but the model file has {sorted(found)}")
+            continue
+        for key, spec in listed.items():
+            real, where = found[key], f"{kind[:-1]} {spec['name']!r}"
+            shape = [d if isinstance(d, int) else None for d in spec["shape"]]
+            if len(shape) != len(real["shape"]) or any(a is not None and b is not None and a != b
+                                                       for a, b in zip(shape, real["shape"])):
+                problems.append(f"{where}: shape {spec['shape']}, the model file's is {real['shape']}")
+            if spec["dtype"] != real["dtype"]:
+                problems.append(f"{where}: dtype {spec['dtype']}, the model file's is {real['dtype']}")
+            for field in ("scale", "zero_point"):
+                a, b = spec.get(field), real[field]
+                if (a is None) != (b is None) or (a is not None and abs(a - b) > 1e-6 * max(1.0, abs(b))):
+                    problems.append(f"{where}: {field} {a}, the model file's is {b}")
+            axes = spec.get("source_axes")
+            if axes is not None and sorted(axes) != list(range(len(shape))):
+                problems.append(f"{where}: source_axes {axes} is not a permutation of its {len(shape)} axes")
+            if spec.get("layout") == "NHWC" and len(shape) == 4 and axes not in (None, [0, 2, 3, 1]):
+                problems.append(f"{where}: layout NHWC with source_axes {axes}")
+    return problems
+
+
 def check_model_io(folder: Path, manifest: dict, bundle: Path) -> None:
-    """Load the model in its runtime and run the recorded inputs; the outputs must match the record."""
+    """The manifest's inputs, outputs and precision against what the model file declares; then the
+    bundle's own example, run on its samples: the app's feeding path must reproduce PyTorch."""
+    import subprocess
+    import sys
+
     from edgeport import targets
 
     inputs = [TensorSpec.model_validate(s) for s in manifest["inputs"]]
@@ -175,17 +212,23 @@ def check_model_io(folder: Path, manifest: dict, bundle: Path) -> None:
     artifact._root = folder
     target = targets.get(manifest["target"])
     try:
-        session = target.load(artifact, 1)
-        results = session.run({s.name: np.zeros(s.concrete_shape(1), dtype=s.dtype) for s in inputs})
+        declared = target.declared(artifact)
     except EdgeportError:
         raise
-    except Exception as e:
-        raise BundleError(f"{bundle}: the model does not load or run with the recorded inputs "
+    except Exception as e:  # noqa: BLE001 - any runtime's own error for a file it cannot read
+        raise BundleError(f"{bundle}: the model file does not load "
                           f"({str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__})") from e
-    if len(results) != len(outputs):
-        raise BundleError(f"{bundle}: the model has {len(results)} outputs, the manifest records {len(outputs)}")
-    for spec, value in zip(outputs, results):
-        value = np.asarray(value)
-        if list(value.shape) != list(spec.concrete_shape(1)) or value.dtype != np.dtype(spec.dtype):
-            raise BundleError(f"{bundle}: output {spec.name!r} is {value.dtype}{list(value.shape)}, the manifest "
-                              f"records {spec.dtype}{list(spec.concrete_shape(1))}")
+    problems = manifest_mismatches(manifest, declared)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise BundleError(f"{bundle}: manifest.json does not match the model file: {problems[0]}{more}")
+    if not (folder / "samples.npz").is_file() or not manifest.get("self_test"):
+        raise BundleError(f"{bundle}: no samples.npz to run example.py --self-test on; rebuild the bundle")
+    try:
+        done = subprocess.run([sys.executable, "example.py", "--self-test"], cwd=folder, capture_output=True,
+                              text=True, timeout=600)
+    except subprocess.TimeoutExpired as e:
+        raise BundleError(f"{bundle}: example.py --self-test did not finish within 600 s") from e
+    if done.returncode != 0:
+        last = (done.stderr.strip() or done.stdout.strip() or f"exit code {done.returncode}").splitlines()[-1]
+        raise BundleError(f"{bundle}: example.py --self-test failed: {last}")

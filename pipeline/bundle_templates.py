@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-PREPROCESS = '''"""Load the bundled model, preprocess an image as manifest.json says, print the top class.
+EXAMPLE = '''"""Run the bundled model the way an app does: inputs in, outputs out, as manifest.json describes them.
 
-    python example.py IMAGE
+    python example.py IMAGE            an image model: preprocess the image, print the top class
+    python example.py INPUTS.npz       any model: one array per input name, samples along the first axis
+                                       (token ids and attention masks, audio frames, ...). A model with
+                                       recurrent state runs the samples as a stream, feeding its state back.
+    python example.py --self-test      run samples.npz and compare with the outputs PyTorch gave for them
+
+Needs numpy and the runtime (Pillow for images). Every tensor is found by name, never by position.
 """
 
 import json
@@ -12,14 +18,42 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 HERE = Path(__file__).resolve().parent
 MANIFEST = json.loads((HERE / "manifest.json").read_text())
 
 
+def to_runtime(spec: dict, x: np.ndarray) -> np.ndarray:
+    """A model-layout array as the runtime takes it: its layout, int8 quantization or integer width."""
+    if spec.get("source_axes"):  # e.g. TFLite takes images NHWC
+        x = x.transpose(spec["source_axes"])
+    if spec["dtype"] in ("int8", "uint8") and spec.get("scale"):
+        info = np.iinfo(spec["dtype"])
+        x = np.clip(np.round(x / spec["scale"]) + spec["zero_point"], info.min, info.max)
+    return np.ascontiguousarray(x.astype(spec["dtype"]))
+
+
+def from_runtime(spec: dict, y: np.ndarray) -> np.ndarray:
+    """A runtime output as the PyTorch model gave it: dequantized, in the model's layout."""
+    y = np.asarray(y)
+    if spec["dtype"] in ("int8", "uint8") and spec.get("scale"):
+        y = (y.astype(np.float32) - spec["zero_point"]) * spec["scale"]
+    if spec.get("source_axes"):
+        y = y.transpose(np.argsort(spec["source_axes"]))
+    return y
+
+
+def infer(session, arrays: dict) -> dict:
+    """One inference: arrays by the model's input names in, outputs by the model's output names out."""
+    feeds = {spec.get("runtime_name") or spec["name"]: to_runtime(spec, arrays[spec["name"]]) for spec in MANIFEST["inputs"]}
+    raw = session(feeds)
+    return {spec["name"]: from_runtime(spec, raw[spec.get("runtime_name") or spec["name"]]) for spec in MANIFEST["outputs"]}
+
+
 def preprocess(path: str) -> np.ndarray:
-    """Raw image -> the model's input tensor, following manifest["preprocessing"] and the input spec."""
+    """Raw image -> the model's input (batch of one), following manifest["preprocessing"]."""
+    from PIL import Image
+
     pre = MANIFEST["preprocessing"] or {}
     image = Image.open(path).convert("L" if pre.get("channel_order") == "gray" else "RGB")
     if pre.get("resize"):
@@ -36,58 +70,135 @@ def preprocess(path: str) -> np.ndarray:
     if pre.get("mean") is not None:
         x = (x - np.asarray(pre["mean"], np.float32)) / np.asarray(pre["std"], np.float32)
     x = x[None]  # NHWC with a batch of one
-    if pre.get("layout", "NCHW") == "NCHW":
-        x = x.transpose(0, 3, 1, 2)
-    spec = MANIFEST["inputs"][0]
-    if spec.get("source_axes"):  # the runtime's layout differs from the model's (TFLite: NHWC)
-        x = x.transpose(spec["source_axes"])
-    if spec["dtype"] in ("int8", "uint8"):  # integer input: quantize with the recorded scale and zero point
-        info = np.iinfo(spec["dtype"])
-        x = np.clip(np.round(x / spec["scale"]) + spec["zero_point"], info.min, info.max)
-    return np.ascontiguousarray(x.astype(spec["dtype"]))
+    return x.transpose(0, 3, 1, 2) if pre.get("layout", "NCHW") == "NCHW" else x
 
 
-def postprocess(y: np.ndarray) -> np.ndarray:
-    spec = MANIFEST["outputs"][0]
-    if spec["dtype"] in ("int8", "uint8"):
-        y = (y.astype(np.float32) - spec["zero_point"]) * spec["scale"]
-    return y.reshape(-1)
+def samples_of(path: str) -> list:
+    """One dict of input arrays (batch of one) per sample of an .npz holding one array per input."""
+    with np.load(path) as data:
+        arrays = {spec["name"]: data[spec["name"]] for spec in MANIFEST["inputs"] if spec["name"] in data.files}
+    missing = [spec["name"] for spec in MANIFEST["inputs"] if spec["name"] not in arrays and spec["name"] not in MANIFEST["state"]]
+    if missing:
+        sys.exit(f"{path}: no array for input(s) {', '.join(missing)}")
+    count = len(next(iter(arrays.values())))
+    return [{name: a[i : i + 1].astype(dtype_of(name)) for name, a in arrays.items()} for i in range(count)]
+
+
+def dtype_of(name: str) -> str:
+    spec = next(s for s in MANIFEST["inputs"] if s["name"] == name)
+    return spec.get("source_dtype") or ("float32" if spec.get("scale") else spec["dtype"])
+
+
+def stream(session, samples: list) -> list:
+    """Run samples in order; with recurrent state, each step's state outputs feed the next step
+    (zeros at the start), as a streaming app does."""
+    state = {name: np.zeros([1, *shape_of(name)[1:]], dtype_of(name)) for name in MANIFEST["state"]}
+    results = []
+    for arrays in samples:
+        arrays = {**state, **{k: v for k, v in arrays.items() if k not in state or not results}}
+        out = infer(session, arrays)
+        state = {name: out[fed] for name, fed in MANIFEST["state"].items()}
+        results.append(out)
+    return results
+
+
+def shape_of(name: str) -> list:
+    spec = next(s for s in MANIFEST["inputs"] if s["name"] == name)
+    shape = spec["shape"]
+    return [shape[a] for a in np.argsort(spec["source_axes"])] if spec.get("source_axes") else shape
+
+
+def describe(out: dict) -> str:
+    """A class name (or index) for class-score outputs, shape and first values for the others."""
+    labels = (HERE / MANIFEST["labels"]).read_text().splitlines() if MANIFEST["labels"] else None
+    if list(out) == MANIFEST["class_scores"][:1]:  # a classifier: just the class
+        top = int(next(iter(out.values())).reshape(-1).argmax())
+        return labels[top] if labels else str(top)
+    parts = []
+    for name, y in out.items():
+        if name in MANIFEST["class_scores"]:
+            top = int(y.reshape(-1).argmax())
+            parts.append(f"{name}: {labels[top] if labels else top}")
+        else:
+            parts.append(f"{name}: {list(y.shape)} {np.array2string(y.reshape(-1)[:4], precision=4)}...")
+    return "; ".join(parts)
+
+
+def self_test(session) -> None:
+    """Every sample of samples.npz through the same path as an app; each output must match PyTorch's."""
+    with np.load(HERE / "samples.npz") as data:
+        expected = {spec["name"]: data[f"expected:{spec['name']}"] for spec in MANIFEST["outputs"]}
+    limits = MANIFEST["self_test"]
+    samples = samples_of(str(HERE / "samples.npz"))
+    for i, arrays in enumerate(samples):
+        out = infer(session, arrays)
+        for name, want in expected.items():
+            got, ref = out[name].astype(np.float64).ravel(), want[i].astype(np.float64).ravel()
+            norms = np.linalg.norm(got) * np.linalg.norm(ref)
+            cosine = float(got @ ref / norms) if norms else float(np.array_equal(got, ref))
+            noise = float(np.sum((got - ref) ** 2))
+            sqnr = 300.0 if noise == 0 else 10 * np.log10(max(float(np.sum(ref**2)), 1e-30) / noise)
+            if cosine < limits["min_cosine"] or sqnr < limits["min_sqnr_db"]:
+                sys.exit(f"self-test failed: sample {i}, output {name!r}: cosine {cosine:.6f}, SQNR {sqnr:.1f} dB "
+                         f"against PyTorch (needs {limits['min_cosine']} and {limits['min_sqnr_db']} dB)")
+    print(f"ok: {len(samples)} sample(s), every output as close to PyTorch as verification measured")
 
 
 def main() -> None:
-    scores = postprocess(run(preprocess(sys.argv[1])))
-    top = int(scores.argmax())
-    labels = (HERE / MANIFEST["labels"]).read_text().splitlines() if MANIFEST["labels"] else None
-    print(labels[top] if labels else top)
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    session = load(HERE / MANIFEST["model_file"])
+    if sys.argv[1] == "--self-test":
+        self_test(session)
+    elif sys.argv[1].endswith(".npz"):
+        for step, out in enumerate(stream(session, samples_of(sys.argv[1]))):
+            print(f"{step}: {describe(out)}")
+    else:
+        name = MANIFEST["inputs"][0]["name"]
+        print(describe(infer(session, {name: preprocess(sys.argv[1])})))
 
 '''
 
-RUNTIMES = {
+RUNTIMES = {  # load(path) -> a function from {runtime name: array} to {runtime name: array}
     "onnxruntime": '''
-def run(x: np.ndarray) -> np.ndarray:
+def load(path):
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(HERE / MANIFEST["model_file"]), providers=["CPUExecutionProvider"])
-    return session.run(None, {MANIFEST["inputs"][0]["name"]: x})[0]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return lambda feeds: dict(zip(names, session.run(None, feeds)))
 ''',
     "openvino": '''
-def run(x: np.ndarray) -> np.ndarray:
+def load(path):
     import openvino as ov
 
-    compiled = ov.Core().compile_model(str(HERE / MANIFEST["model_file"]), "CPU")
-    return compiled(x)[compiled.outputs[0]]
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+
+    def run(feeds):
+        result = compiled(feeds)
+        return {name: result[o] for o in compiled.outputs for name in o.get_names()}
+
+    return run
 ''',
     "tflite": '''
-def run(x: np.ndarray) -> np.ndarray:
+def load(path):
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:  # older boards
         from tflite_runtime.interpreter import Interpreter
-    interpreter = Interpreter(model_path=str(HERE / MANIFEST["model_file"]))
+    interpreter = Interpreter(model_path=str(path))
     interpreter.allocate_tensors()
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
-    interpreter.invoke()
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    signature = interpreter.get_signature_runner()  # its keys are the runtime names in the manifest
+    ins = {k: d["index"] for k, d in signature.get_input_details().items()}
+    outs = {k: d["index"] for k, d in signature.get_output_details().items()}
+
+    def run(feeds):
+        for key, value in feeds.items():
+            interpreter.set_tensor(ins[key], value)
+        interpreter.invoke()
+        return {key: interpreter.get_tensor(index) for key, index in outs.items()}
+
+    return run
 ''',
 }
 
@@ -99,7 +210,7 @@ if __name__ == "__main__":
 
 
 def python_example(target: str) -> str:
-    return PREPROCESS + RUNTIMES[target] + MAIN
+    return EXAMPLE + RUNTIMES[target] + MAIN
 
 
 def c_array(symbol: str, data: bytes) -> tuple[str, str]:
@@ -119,34 +230,88 @@ def c_array(symbol: str, data: bytes) -> tuple[str, str]:
     return header, source
 
 
-CPP_EXAMPLE = '''// Minimal LiteRT / TFLite C++ example: load the embedded model, run one input, print the top class.
-// Build against the TFLite C++ library (tensorflow/lite) with model_data.cc.
+CPP_EXAMPLE = """// Minimal LiteRT / TFLite C++ example: load the embedded model, feed every input by its signature
+// name, run, print every output. Build against the TFLite C++ library (tensorflow/lite) with
+// model_data.cc.
+//
+//   ./example IN0.bin [IN1.bin ...]   one raw file per input, in the order below, in the runtime's
+//                                     dtype and layout (manifest.json: shape, dtype, scale/zero point)
+// Tensors are found by signature name, never by index: converters number tensors in no useful order.
 #include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iterator>
 #include <memory>
+#include <vector>
 
 #include "model_data.h"
 #include "tensorflow/lite/interpreter.h"
 #include "tensorflow/lite/kernels/register.h"
 #include "tensorflow/lite/model.h"
 
-int main() {
+static const char* kInputs[] = {%(inputs)s};
+static const char* kOutputs[] = {%(outputs)s};
+// Recurrent state: after each step, output kStateFrom[i] is copied into input kStateTo[i].
+static const char* kStateTo[] = {%(state_to)s};
+static const char* kStateFrom[] = {%(state_from)s};
+static const int kStates = %(states)d;
+
+static float Value(const TfLiteTensor* t, int i) {
+  if (t->type == kTfLiteInt8) return (t->data.int8[i] - t->params.zero_point) * t->params.scale;
+  if (t->type == kTfLiteFloat32) return t->data.f[i];
+  return 0.0f;
+}
+
+int main(int argc, char** argv) {
+  const int inputs = sizeof(kInputs) / sizeof(kInputs[0]);
+  if (argc - 1 != inputs - kStates) {
+    std::fprintf(stderr, "usage: %%s one raw file per non-state input (%%d)\\n", argv[0], inputs - kStates);
+    return 2;
+  }
   auto model = tflite::FlatBufferModel::BuildFromBuffer(reinterpret_cast<const char*>(g_model), g_model_len);
   tflite::ops::builtin::BuiltinOpResolver resolver;
   std::unique_ptr<tflite::Interpreter> interpreter;
   tflite::InterpreterBuilder(*model, resolver)(&interpreter);
-  interpreter->AllocateTensors();
-  // Fill the input as manifest.json describes: shape, layout, dtype (and scale / zero point for int8).
-  TfLiteTensor* input = interpreter->input_tensor(0);
-  for (size_t i = 0; i < input->bytes; ++i) input->data.raw[i] = 0;
-  interpreter->Invoke();
-  const TfLiteTensor* output = interpreter->output_tensor(0);
-  int classes = output->dims->data[output->dims->size - 1], top = 0;
-  for (int i = 1; i < classes; ++i) {
-    float a = output->type == kTfLiteInt8 ? output->data.int8[i] : output->data.f[i];
-    float b = output->type == kTfLiteInt8 ? output->data.int8[top] : output->data.f[top];
-    if (a > b) top = i;
+  tflite::SignatureRunner* runner = interpreter->GetSignatureRunner(nullptr);  // the only signature
+  runner->AllocateTensors();
+  for (int i = 0, file = 1; i < inputs; ++i) {
+    TfLiteTensor* tensor = runner->input_tensor(kInputs[i]);
+    bool state = false;
+    for (int s = 0; s < kStates; ++s) state |= std::strcmp(kStateTo[s], kInputs[i]) == 0;
+    if (state) { std::memset(tensor->data.raw, 0, tensor->bytes); continue; }  // state starts at zero
+    std::ifstream in(argv[file++], std::ios::binary);
+    std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (bytes.size() != tensor->bytes) {
+      std::fprintf(stderr, "%%s: %%zu bytes, input %%s takes %%zu\\n", argv[file - 1], bytes.size(), kInputs[i], tensor->bytes);
+      return 2;
+    }
+    std::memcpy(tensor->data.raw, bytes.data(), bytes.size());
   }
-  std::printf("%d\\n", top);
+  if (runner->Invoke() != kTfLiteOk) return 1;
+  for (const char* name : kOutputs) {
+    const TfLiteTensor* out = runner->output_tensor(name);
+    std::printf("%%s:", name);
+    for (int i = 0; i < 4 && i < static_cast<int>(out->bytes / (out->type == kTfLiteInt8 ? 1 : 4)); ++i)
+      std::printf(" %%g", Value(out, i));
+    std::printf(" ...\\n");
+  }
+  for (int s = 0; s < kStates; ++s)  // ready for the next frame of a stream
+    std::memcpy(runner->input_tensor(kStateTo[s])->data.raw, runner->output_tensor(kStateFrom[s])->data.raw,
+                runner->input_tensor(kStateTo[s])->bytes);
   return 0;
 }
-'''
+"""
+
+
+def cpp_example(manifest: dict) -> str:
+    """example.cc for a TFLite bundle, naming this model's inputs, outputs and state."""
+    key = {s["name"]: s.get("runtime_name") or s["name"] for s in [*manifest["inputs"], *manifest["outputs"]]}
+
+    def strings(names) -> str:
+        return ", ".join(f'"{n}"' for n in names) or '""'
+
+    state = manifest.get("state") or {}
+    return CPP_EXAMPLE % {"inputs": strings(key[s["name"]] for s in manifest["inputs"]),
+                          "outputs": strings(key[s["name"]] for s in manifest["outputs"]),
+                          "state_to": strings(key[k] for k in state), "state_from": strings(key[v] for v in state.values()),
+                          "states": len(state)}

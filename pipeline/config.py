@@ -37,10 +37,33 @@ class ModelConfig(Strict):
     trust_model: bool = Field(False, description="allow loading a fully pickled model (can run arbitrary code)")
     inputs: list[TensorSpec]
     output_names: list[str] = Field(default_factory=list)
+    class_scores: list[str] | None = Field(
+        None, description="outputs that hold class scores (argmax = the class): they get top-1 agreement and "
+                          "accuracy. Default: the first output, when it is [batch, classes] and the data has labels "
+                          "or the model a labels file")
+    state: dict[str, str] = Field(default_factory=dict, description="recurrent state: input name = the output fed "
+                                  "back into it at the next step (bundle examples loop over frames)")
     labels: str | None = Field(None, description="a text file, one class name per line")
     name: str | None = Field(None, description="model name for bundles (default: the run name)")
     version: str = "1"
     preprocessing: Preprocessing | None = None
+
+    @model_validator(mode="after")
+    def names_exist(self) -> ModelConfig:
+        inputs = [s.name for s in self.inputs]
+        if len(set(inputs)) != len(inputs):
+            raise ValueError(f"input names must differ: {inputs}")
+        if len(set(self.output_names)) != len(self.output_names):
+            raise ValueError(f"output names must differ: {self.output_names}")
+        for name in self.class_scores or []:
+            if self.output_names and name not in self.output_names:
+                raise ValueError(f"class_scores names {name!r}, which is not an output{did_you_mean(name, self.output_names)}")
+        for given, fed in self.state.items():
+            if given not in inputs:
+                raise ValueError(f"state: {given!r} is not an input{did_you_mean(given, inputs)}")
+            if self.output_names and fed not in self.output_names:
+                raise ValueError(f"state: {fed!r} is not an output{did_you_mean(fed, self.output_names)}")
+        return self
 
     @field_validator("inputs")
     @classmethod
@@ -57,6 +80,7 @@ class DataConfig(Strict):
     path: str | None = Field(None, description=".npy/.npz file (npy) or a folder of images (images)")
     eval_path: str | None = Field(None, description="a separate evaluation source of the same kind")
     function: str | None = Field(None, description="pkg.module:function yielding input dicts (callable)")
+    eval_function: str | None = Field(None, description="a separate evaluation callable (callable)")
     preprocessing: Preprocessing | None = Field(None, description="for images (default: model.preprocessing)")
     calibration_samples: int = Field(256, gt=0)
     eval_samples: int = Field(0, ge=0, description="0 = every held-out sample")
@@ -73,6 +97,12 @@ class OnnxRuntimeOptions(Strict):
     per_channel: bool = True
     entropy_bins: int = Field(2048, ge=256, description="histogram bins of the entropy calibration")
     symmetric_activations: bool = Field(False, description="int8 activations symmetric around 0 (else uint8 asymmetric)")
+    model_type: Literal["auto", "cnn", "transformer"] = Field(
+        "auto", description="transformer: quantize only MatMul/Gemm/Conv (an attention mask's -10000 and Softmax "
+                            "stay float); auto: transformer when the graph has Softmax or LayerNormalization")
+    smooth_quant: Literal["auto", "on", "off"] = Field(
+        "auto", description="transformers: SmoothQuant moves activation outliers into the weights; auto builds "
+                            "both and keeps the one closer to fp32 on calibration data")
     max_accuracy_drop: float | None = Field(None, ge=0, description="accuracy-aware int8: keep the most sensitive "
                                             "layers in float until int8 is within this many points on labelled "
                                             "calibration data (else min_cosine, default 0.99, decides)")

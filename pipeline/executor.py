@@ -28,7 +28,7 @@ class LocalPool:
         with ProcessPoolExecutor(min(self.workers, len(tasks)), mp_context=get_context("spawn")) as pool:
             futures = {pool.submit(fn, task): task for task in tasks}
             for future in as_completed(futures):
-                yield futures[future], future.result()
+                yield futures[future], outcome(future.result)
 
 
 class RayPool:
@@ -52,7 +52,17 @@ class RayPool:
         while pending:
             done, _ = self.ray.wait(list(pending), num_returns=1)
             for ref in done:
-                yield pending.pop(ref), self.ray.get(ref)
+                yield pending.pop(ref), outcome(lambda: self.ray.get(ref))
+
+
+def outcome(result) -> dict:
+    """A task's result, or, when its worker died (killed, out of memory) or raised, an error record:
+    one lost candidate never loses the rest of the search."""
+    try:
+        return result()
+    except Exception as e:  # noqa: BLE001 - BrokenProcessPool, Ray's task errors, a bug in the task
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return {"error": f"worker failed: {e.__class__.__name__}{': ' + reason if reason else ''}", "built": []}
 
 
 def make_pool(executor: str, workers: int = 0, ray_address: str = "local"):

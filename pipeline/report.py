@@ -26,23 +26,25 @@ def table_rows(result) -> list[dict]:
         rows.append({
             "target": "pytorch", "precision": "fp32", "variant": "eager", "size_kb": (b.model_size_bytes / 1024) if b else None,
             "accuracy_pct": result.reference_accuracy * 100 if result.reference_accuracy is not None else None,
-            "cosine": 1.0, "top1_agreement": 1.0, "verified": "reference",
+            "cosine": 1.0, "worst_output": None, "top1_agreement": 1.0, "verified": "reference",
             "p50_ms": b.p50_ms if b else None, "p90_ms": b.p90_ms if b else None,
             "speedup": 1.0 if b else None, "device": b.device if b else "local",
-            "device_accuracy_pct": None, "device_cosine": None,
+            "device_accuracy_pct": None, "device_cosine": None, "error": None,
         })
     for r in result.artifacts:
         v = r.verify
+        verified = "error" if r.error else (("pass" if v.passed else "FAIL") if v else "not run")
         for b in r.bench or [None]:
             rows.append({
-                "target": r.artifact.target, "precision": r.artifact.precision,
-                "variant": " ".join(filter(None, [r.artifact.variant,
+                "target": r.target, "precision": r.precision,
+                "variant": " ".join(filter(None, [r.variant,
                                                   f"hint={b.options.get('hint')}" if b and "hint" in b.options else ""])),
-                "size_kb": r.artifact.size_bytes / 1024,
+                "size_kb": r.artifact.size_bytes / 1024 if r.artifact else None,
                 "accuracy_pct": v.accuracy * 100 if v and v.accuracy is not None else None,
                 "cosine": v.cosine if v else None,
-                "top1_agreement": v.outputs[0].top1_agreement if v else None,
-                "verified": ("pass" if v.passed else "FAIL") if v else "not run",
+                "worst_output": v.summary()["worst_output"] if v else None,
+                "top1_agreement": v.top1_agreement if v else None,
+                "verified": verified,
                 "p50_ms": b.p50_ms if b else None, "p90_ms": b.p90_ms if b else None,
                 # against PyTorch eager on this machine: a ratio only means something on the same device
                 "speedup": (base_p50 / b.p50_ms) if b and base_p50 and b.p50_ms and b.device == "local" else None,
@@ -50,8 +52,31 @@ def table_rows(result) -> list[dict]:
                 "device_accuracy_pct": (b.device_verify["accuracy"] * 100
                                         if b and b.device_verify and b.device_verify.get("accuracy") is not None else None),
                 "device_cosine": b.device_verify["cosine"] if b and b.device_verify else None,
+                "error": r.error or "; ".join(r.bench_errors) or None,
             })
     return rows
+
+
+def artifact_json(r) -> dict:
+    """One artifact's entry; one that could not be built has its error (and log) instead of files."""
+    if r.artifact is None:
+        return {"id": None, "target": r.target, "precision": r.precision, "variant": r.variant, "error": r.error,
+                "log": r.log, "verify": None, "bench": []}
+    return {
+        "id": r.artifact.id, "target": r.artifact.target, "precision": r.artifact.precision,
+        "variant": r.artifact.variant,
+        "converter": r.artifact.converter, "format": r.artifact.format, "size_bytes": r.artifact.size_bytes,
+        "path": f"artifacts/{r.artifact.root.name}",  # relative to the run folder
+        "files": [{"path": f"{r.artifact.root.name}/{f.path}", "sha256": f.sha256, "size_bytes": f.size_bytes}
+                  for f in r.artifact.files],
+        "inputs": [s.model_dump() for s in r.artifact.inputs],
+        "outputs": [s.model_dump() for s in r.artifact.outputs],
+        "options": r.artifact.options,
+        "verify": r.verify.summary() if r.verify else None,
+        "sensitivity": r.sensitivity[:10],
+        "bench": [bench_dict(b) for b in r.bench],
+        "error": r.error, "log": r.log, "bench_errors": r.bench_errors, "warnings": r.warnings,
+    }
 
 
 def report_json(result) -> dict:
@@ -64,23 +89,7 @@ def report_json(result) -> dict:
             "verify": {"accuracy": result.reference_accuracy},
             "bench": [bench_dict(b) for b in result.baseline_bench],
         },
-        "artifacts": [
-            {
-                "id": r.artifact.id, "target": r.artifact.target, "precision": r.artifact.precision,
-                "variant": r.artifact.variant,
-                "converter": r.artifact.converter, "format": r.artifact.format, "size_bytes": r.artifact.size_bytes,
-                "path": f"artifacts/{r.artifact.root.name}",  # relative to the run folder
-                "files": [{"path": f"{r.artifact.root.name}/{f.path}", "sha256": f.sha256, "size_bytes": f.size_bytes}
-                          for f in r.artifact.files],
-                "inputs": [s.model_dump() for s in r.artifact.inputs],
-                "outputs": [s.model_dump() for s in r.artifact.outputs],
-                "options": r.artifact.options,
-                "verify": r.verify.summary() if r.verify else None,
-                "sensitivity": r.sensitivity[:10],
-                "bench": [bench_dict(b) for b in r.bench],
-            }
-            for r in result.artifacts
-        ],
+        "artifacts": [artifact_json(r) for r in result.artifacts],
         "compression": result.compression,
         **({"search": result.search} if result.search else {}),
     }
@@ -90,13 +99,50 @@ def fmt(value, spec: str, none: str = "—") -> str:
     return none if value is None else format(value, spec)
 
 
+def metrics_note(result) -> str:
+    """How to read the cosine and top-1 columns, for this model's outputs."""
+    outputs = [s.name for s in next((r.artifact.outputs for r in result.artifacts if r.artifact), [])]
+    scores = next((r.verify.scores_output for r in result.artifacts if r.verify and r.verify.scores_output), None)
+    declared = result.config.model.class_scores
+    scored = [o.name for r in result.artifacts if r.verify for o in r.verify.outputs if o.top1_agreement is not None]
+    note = ("Cosine is the mean over held-out samples of each sample's cosine with PyTorch's output"
+            + (f" (the worst of the {len(outputs)} outputs; each output's figures are below)" if len(outputs) > 1 else "")
+            + ". ")
+    if scored:
+        why = "as model.class_scores declares" if declared else "the first output, [batch, classes] with labels"
+        note += f"Top-1 agreement and accuracy are measured on the class-score output `{scored[0]}` ({why})."
+    else:
+        note += ("No output is taken as class scores (no labels, and model.class_scores is not set), so there is no "
+                 "top-1 agreement or accuracy.")
+    return note + (f" Accuracy: `{scores}` against the labels." if scores and scores != (scored or [None])[0] else "")
+
+
+def outputs_md(result) -> list[str]:
+    """Each output's figures per artifact, for models with several outputs or an input-insensitive one."""
+    verified = [r for r in result.artifacts if r.verify]
+    if not verified or (len(verified[0].verify.outputs) < 2 and not any(o.centred for r in verified for o in r.verify.outputs)):
+        return []
+    lines = ["", "## Outputs", "",
+             "Per output, on the held-out samples: cosine per sample (mean, worst), SQNR, max abs error, top-1 "
+             "agreement where the output holds class scores. \"centred\" marks an output that hardly varies with the "
+             "input, judged on its input-dependent part.", "",
+             "| artifact | output | cosine (mean) | cosine (worst sample) | SQNR (dB) | max abs | top-1 agree | note |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in verified:
+        for o in r.verify.outputs:
+            note = f"centred ({o.input_dependence:.2%} varies)" if o.centred else ""
+            lines.append(f"| {r.label} | {o.name} | {o.cosine:.6f} | {fmt(o.cosine_min, '.6f')} | {o.sqnr_db:.1f} | "
+                         f"{o.max_abs:.3g} | {fmt(o.top1_agreement, '.4f')} | {note} |")
+    return lines
+
+
 def report_md(result, rows: list[dict]) -> str:
     cfg = result.config
     lines = [f"# edgeport run `{cfg.name}`", "",
              f"Model `{cfg.model.source}`; evaluation on held-out `{cfg.data.source}` data; "
              f"latency on device(s) {', '.join(f'`{d}`' for d in dict.fromkeys(r['device'] for r in rows)) or '`local`'}, "
              f"batch 1. Accuracy and cosine are the host's verification; \"on device\" columns rerun held-out "
-             "samples on that device.", "",
+             "samples on that device. " + metrics_note(result), "",
              "| target | precision | variant | device | size (KB) | accuracy (%) | cosine | top-1 agree | verified | "
              "p50 (ms) | p90 (ms) | speedup | on device: accuracy (%) | on device: cosine |",
              "|---|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
@@ -108,9 +154,13 @@ def report_md(result, rows: list[dict]) -> str:
             f"{fmt(row['speedup'], '.2f', '')}{'x' if row['speedup'] else ''} | {fmt(row['device_accuracy_pct'], '.2f')} | "
             f"{fmt(row['device_cosine'], '.6f')} |"
         )
+    lines += outputs_md(result)
     failures = result.failures
     if failures:
-        lines += ["", "## Verification failures", ""] + [f"- {f}" for f in failures]
+        lines += ["", "## Failures", ""] + [f"- {f}" for f in failures]
+    warnings = [f"{r.label}: {w}" for r in result.artifacts for w in [*(r.verify.warnings if r.verify else []), *r.warnings]]
+    if warnings:
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in dict.fromkeys(warnings)]
     if result.compression:
         lines += ["", "## Compression", "",
                   "Each step measured before and after on the held-out data; latency is PyTorch eager on the saved "
@@ -119,7 +169,8 @@ def report_md(result, rows: list[dict]) -> str:
                   "|---|---:|---:|---:|---:|---:|---:|"]
         for row in result.compression:
             def pair(key, scale=1.0, spec=",.0f"):
-                return f"{format(row[key + '_before'] * scale, spec)} → {format(row[key + '_after'] * scale, spec)}"
+                before, after = row[key + "_before"], row[key + "_after"]
+                return f"{fmt(before and before * scale, spec)} → {fmt(after and after * scale, spec)}"
 
             lines.append(f"| {row['step']} | {pair('params')} | {pair('macs')} | {pair('size_bytes', 1 / 1024, '.1f')} | "
                          f"{pair('zip_bytes', 1 / 1024, '.1f')} | {pair('accuracy', 100, '.2f')} | {pair('p50_ms', 1, '.4f')} |")
@@ -135,7 +186,7 @@ def report_md(result, rows: list[dict]) -> str:
               "microseconds of Python binding.", ""]
     for r in result.artifacts:
         if r.sensitivity:
-            lines += ["", f"## int8 sensitivity: {r.artifact.label}", "",
+            lines += ["", f"## int8 sensitivity: {r.label}", "",
                       "Output SQNR when only that tensor is quantized with its calibrated scale (lower = the layer "
                       "costs more; keep the worst in float with `min_cosine` in the target's options).", "",
                       "| tensor | op | output SQNR (dB) |", "|---|---|---:|"]

@@ -24,9 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from edgeport import targets
-from edgeport.errors import ConfigError, EdgeportError
+from edgeport.errors import ConfigError
 from edgeport.pipeline.config import RunConfig, parse
-from edgeport.pipeline.run import FLOAT_PRECISIONS, ArtifactResult, Run, RunResult, precision_rank
+from edgeport.pipeline.run import FLOAT_PRECISIONS, ArtifactResult, Planned, Run, RunResult, precision_rank
 from edgeport.pipeline.stages import Event, Listener
 from edgeport.types import Artifact
 
@@ -98,29 +98,15 @@ def plan(config: RunConfig) -> list[Candidate]:
 
 
 def judge(verify: dict, budget: dict) -> tuple[bool, str, float]:
-    """Whether held-out metrics meet the budget; the reason when not; how far the primary
-    criterion missed (0 when met), in its own unit."""
-    misses, shortfalls = [], []
-    if "min_top1_agreement" in budget:
-        value, limit = verify.get("top1_agreement"), budget["min_top1_agreement"]
-        short = limit - value if value is not None else 1.0
-        shortfalls.append(max(0.0, short))
-        if short > 0:
-            misses.append(f"top-1 agreement {value:.4f} < {limit}" if value is not None else "no top-1 agreement")
-    if "max_accuracy_drop" in budget:
-        acc, ref = verify.get("accuracy"), verify.get("reference_accuracy")
-        drop = (ref - acc) * 100 if acc is not None and ref is not None else None
-        short = (drop - budget["max_accuracy_drop"]) if drop is not None else 100.0
-        shortfalls.append(max(0.0, short))
-        if short > 0:
-            misses.append(f"accuracy drop {drop:.2f} points > {budget['max_accuracy_drop']}" if drop is not None
-                          else "no labels to measure accuracy")
-    if "min_cosine" in budget:
-        short = budget["min_cosine"] - verify["cosine"]
-        shortfalls.append(max(0.0, short))
-        if short > 0:
-            misses.append(f"cosine {verify['cosine']:.6f} < {budget['min_cosine']}")
-    return not misses, "; ".join(misses), shortfalls[0]
+    """Whether held-out metrics meet the budget, every output judged (the worst decides); the
+    reason when not; how far the primary criterion missed (0 when met), in its own unit."""
+    from edgeport.metrics import judge as misses_of, shortfall
+    from edgeport.types import OutputMetrics
+
+    outputs = [OutputMetrics.model_validate(o) for o in verify["outputs"]]
+    accuracy, reference = verify.get("accuracy"), verify.get("reference_accuracy")
+    misses = misses_of(outputs, budget, accuracy, reference, strict=True)
+    return not misses, "; ".join(misses), shortfall(outputs, budget, accuracy, reference)
 
 
 def build_task(task: dict) -> dict:
@@ -130,14 +116,14 @@ def build_task(task: dict) -> dict:
     config = parse(task["config"], "search worker", Path(task["base_dir"]))
     c = task["candidate"]
     job = Run(config, rebuild=task.get("rebuild", False))
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            artifact = job.build(c["target"], c["precision"], c["options"], variant=c["variant"])
-            report = job.verify(artifact)
-    except EdgeportError as e:
-        return {"error": str(e), "built": job.stages.built}
-    return {"path": str(artifact.root.relative_to(job.run_dir)), "verify": report.summary() | {
-        "reference_accuracy": report.reference_accuracy}, "built": job.stages.built}
+    result = ArtifactResult(None, planned=Planned(c["target"], c["precision"], c["options"], c["variant"]))
+    with contextlib.redirect_stdout(sys.stderr):
+        artifact = job.isolated(result, "build", lambda: job.build(c["target"], c["precision"], c["options"],
+                                                                   variant=c["variant"]))
+        report = job.isolated(result, "verify", lambda: job.verify(artifact)) if artifact else None
+    if report is None:
+        return {"error": result.error, "log": result.log, "built": job.stages.built}
+    return {"path": str(artifact.root.relative_to(job.run_dir)), "verify": report.summary(), "built": job.stages.built}
 
 
 @dataclass
@@ -216,13 +202,13 @@ class Search:
     # --- building
 
     def build_here(self, c: Candidate) -> dict:
-        try:
-            artifact = self.job.build(c.target, c.precision, c.options, variant=c.variant)
-            report = self.job.verify(artifact)
-        except EdgeportError as e:
-            return {"error": str(e)}
-        return {"path": str(artifact.root.relative_to(self.job.run_dir)),
-                "verify": report.summary() | {"reference_accuracy": report.reference_accuracy}}
+        result = ArtifactResult(None, planned=Planned(c.target, c.precision, c.options, c.variant))
+        artifact = self.job.isolated(result, "build", lambda: self.job.build(c.target, c.precision, c.options,
+                                                                             variant=c.variant))
+        report = self.job.isolated(result, "verify", lambda: self.job.verify(artifact)) if artifact else None
+        if report is None:
+            return {"error": result.error, "log": result.log}
+        return {"path": str(artifact.root.relative_to(self.job.run_dir)), "verify": report.summary()}
 
     def prune_orphans(self, wave: list[Candidate], parents_ok: dict) -> list[Candidate]:
         for c in wave:
@@ -246,7 +232,8 @@ class Search:
     def finish(self, c: Candidate, result: dict) -> None:
         """Record a built candidate and judge it against the budget on held-out data."""
         if "error" in result:
-            c.status, c.reason = "failed", result["error"]
+            c.status, c.reason = "failed", result["error"] + (f" (log: {self.job.run_dir / result['log']})"
+                                                              if result.get("log") else "")
             return
         artifact = Artifact.load(self.job.run_dir / result["path"])
         c.path, c.artifact_id, c.size_bytes, c.verify = result["path"], artifact.id, artifact.size_bytes, result["verify"]

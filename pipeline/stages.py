@@ -85,7 +85,11 @@ class Stages:
         partial = final.with_name(f".{final.name}.partial-{os.getpid()}")
         remove_dead_partials(final)
         partial.mkdir(parents=True)
-        build(partial)
+        try:
+            build(partial)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)  # a failed build leaves nothing behind
+            raise
         write_text_atomic(partial / STAMP, json.dumps({"key": digest, "stage": stage, "inputs": key}, indent=2, default=str))
         if stamp.is_file() and json.loads(stamp.read_text()).get("key") == digest:
             shutil.rmtree(partial)  # another worker finished the same stage first

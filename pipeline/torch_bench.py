@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from edgeport.devices import runner
@@ -24,8 +25,16 @@ def bench(request: dict) -> dict:
     t0 = time.perf_counter()
     loaded = load_model(ModelConfig.model_validate(request["model"]), Path(request["base_dir"]))
     load_ms = (time.perf_counter() - t0) * 1e3
-    feeds = runner.random_feeds([s.model_dump() for s in loaded.inputs], int(request.get("batch", 1)), 0)
-    args = [torch.from_numpy(feeds[s.name]) for s in loaded.inputs]
+    # The same held-out samples the runtimes are timed on, cycled (never random values).
+    with np.load(request["samples"], allow_pickle=False) as data:
+        arrays = [data[f"input:{s.name}"][: int(request["count"])] for s in loaded.inputs]
+    samples = [[torch.from_numpy(np.ascontiguousarray(a[i : i + 1])) for a in arrays] for i in range(len(arrays[0]))]
+    args, turn = samples[0], 0
+
+    def next_inputs():
+        nonlocal args, turn
+        turn += 1
+        args = samples[turn % len(samples)]
 
     def run_once():
         with torch.inference_mode():
@@ -34,14 +43,16 @@ def bench(request: dict) -> dict:
     t0 = time.perf_counter()
     run_once()
     first_ms = (time.perf_counter() - t0) * 1e3
-    stats = runner.measure(run_once, int(request["warmup"]), int(request["iterations"]), float(request["min_seconds"]))
+    stats = runner.measure(run_once, int(request["warmup"]), int(request["iterations"]), float(request["min_seconds"]),
+                           next_inputs=next_inputs)
     stats.pop("clock"), stats.pop("wall_p50_ms")
     size = sum(p.numel() * p.element_size() for p in loaded.module.state_dict().values())
     return {
         "device": "local", "runtime": "pytorch-eager", "runtime_version": torch.__version__, "threads": threads,
-        "warmup": int(request["warmup"]), "batch": int(request.get("batch", 1)), **stats,
+        "warmup": int(request["warmup"]), "batch": 1, **stats,
         "load_ms": load_ms, "first_ms": first_ms, "peak_rss_mb": runner.peak_rss_mb(), "model_size_bytes": size,
-        "options": {"mode": "eager", "inference_mode": True, "clock": "wall"}, "device_facts": runner.device_facts(),
+        "options": {"mode": "eager", "inference_mode": True, "clock": "wall",
+                    "inputs": f"{len(samples)} held-out sample(s), cycled"}, "device_facts": runner.device_facts(),
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -21,6 +22,8 @@ class SourceModel:
     module: Any  # torch.nn.Module in eval mode
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    # Writes the same ONNX export with every dynamic dimension fixed to 1 (for converters that need it).
+    export_static: Callable[[Path], None] | None = None
 
 
 class Session(Protocol):
@@ -53,6 +56,13 @@ class Target(ABC):
     def load(self, artifact: Artifact, threads: int) -> Session:
         """A host-side session that computes what the file computes (used for verification)."""
 
+    def declared(self, artifact: Artifact) -> dict:
+        """What the model file itself declares, to check a record against it: {"inputs": [...],
+        "outputs": [...]} with each tensor's runtime name, shape (None for a dynamic dimension),
+        dtype, and int8 scale / zero point where the format stores them; and "numerics": "int8"
+        when its weights are integer, "float16" when half, else "float32"."""
+        raise NotImplementedError
+
     def runtime_requirements(self) -> list[str]:
         """pip requirement lines a device needs to run this target's artifacts."""
         return [self.runtime]
@@ -77,45 +87,55 @@ class Target(ABC):
         )
 
 
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    x, y = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-    return float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y) + 1e-30))
+AWARE_KEYS = ("max_accuracy_drop", "min_cosine", "min_top1_agreement")
 
 
-def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
-    """Signal-to-quantization-noise ratio; identical outputs give 300 dB (JSON has no infinity)."""
-    noise = float(np.sum((reference.astype(np.float64) - approx) ** 2))
-    signal = float(np.sum(reference.astype(np.float64) ** 2))
-    return 300.0 if noise == 0 else float(10 * np.log10(max(signal, 1e-30) / noise))
+def numerics_of(precision: str) -> str:
+    """The weights' number type a precision implies (what a model file can be checked for)."""
+    return {"fp32": "float32", "fp16": "float16"}.get(precision, "int8")
 
 
-BUDGET_KEYS = ("max_accuracy_drop", "min_cosine", "min_top1_agreement")
-
-
-def int8_budget(reference: np.ndarray, current: np.ndarray, labels: np.ndarray | None, options: dict) -> tuple[bool, dict]:
-    """Whether an int8 model's outputs on calibration data meet the accuracy-aware budget: every
-    one given of `max_accuracy_drop` (points, when the calibration samples have labels),
-    `min_top1_agreement` (with the float model's classes) and `min_cosine` (0.99 if none is given)."""
-    measured = {"cosine": cosine(reference, current)}
-    checks = []
-    drop = options.get("max_accuracy_drop")
-    if drop is not None and labels is not None and reference.ndim == 2:
-        labels = labels[: len(reference)]
-        ref_acc, acc = float((reference.argmax(1) == labels).mean()), float((current.argmax(1) == labels).mean())
-        measured |= {"accuracy": acc, "reference_accuracy": ref_acc}
-        checks.append((ref_acc - acc) * 100 <= drop)
-    agreement = options.get("min_top1_agreement")
-    if agreement is not None and reference.ndim == 2:
-        measured["top1_agreement"] = float((reference.argmax(1) == current.argmax(1)).mean())
-        checks.append(measured["top1_agreement"] >= agreement)
-    floor = options.get("min_cosine")
-    if floor is not None or not checks:
-        checks.append(measured["cosine"] >= (floor if floor is not None else 0.99))
-    return all(checks), measured
+def declared_tensor(name: str, shape, dtype: str, scale: float | None = None, zero_point: int | None = None) -> dict:
+    return {"name": name, "shape": [d if isinstance(d, int) and d >= 0 else None for d in shape], "dtype": dtype,
+            "scale": scale, "zero_point": zero_point}
 
 
 def accuracy_aware(options: dict) -> bool:
-    return any(options.get(k) is not None for k in BUDGET_KEYS)
+    return any(options.get(k) is not None for k in AWARE_KEYS)
+
+
+def calibration_verdict(reference: list[np.ndarray], current: list[np.ndarray], labels: np.ndarray | None,
+                        options: dict, names: list[str]) -> tuple[bool, dict]:
+    """Whether an int8 model's outputs on calibration data meet the accuracy-aware budget in
+    `options` (every output judged, the worst decides; min_cosine 0.99 when no limit is given),
+    and the worst figures measured. `options["class_scores"]` names the class-score outputs."""
+    from edgeport.metrics import accuracy, judge, output_metrics
+
+    scores = options.get("class_scores") or []
+    metrics = [output_metrics(n, r, c, n in scores) for n, r, c in zip(names, reference, current)]
+    limits = {k: options.get(k) for k in AWARE_KEYS}
+    if all(v is None for v in limits.values()):
+        limits["min_cosine"] = 0.99
+    scored = next((i for i, n in enumerate(names) if n in scores), None)
+    acc = ref_acc = None
+    if scored is not None and labels is not None:
+        labels = labels[: len(reference[scored])]
+        acc, ref_acc = accuracy(current[scored], labels), accuracy(reference[scored], labels)
+    misses = judge(metrics, limits, acc, ref_acc)
+    measured = {"cosine": min(m.cosine for m in metrics), "worst_output": min(metrics, key=lambda m: m.cosine).name}
+    tops = [m.top1_agreement for m in metrics if m.top1_agreement is not None]
+    if tops:
+        measured["top1_agreement"] = min(tops)
+    if acc is not None:
+        measured |= {"accuracy": acc, "reference_accuracy": ref_acc}
+    return not misses, measured
+
+
+def worst_sqnr_db(reference: list[np.ndarray], current: list[np.ndarray]) -> float:
+    """The lowest SQNR over outputs: a layer's cost is what it does to the output it hurts most."""
+    from edgeport.metrics import sqnr_db
+
+    return min(sqnr_db(r, c) for r, c in zip(reference, current))
 
 
 def median_ms(run, iterations: int = 200) -> float:
@@ -132,30 +152,30 @@ def median_ms(run, iterations: int = 200) -> float:
     return float(np.median(times) * 1e3)
 
 
-def keep_sensitive_in_float(reference: np.ndarray, current, rank_layers, requantize, labels: np.ndarray | None,
-                            options: dict, size, latency) -> dict:
+def keep_sensitive_in_float(reference: list[np.ndarray], current, rank_layers, requantize, labels: np.ndarray | None,
+                            options: dict, size, latency, names: list[str]) -> dict:
     """The accuracy-aware loop both int8 targets share. Layers are ranked once (`rank_layers()`,
-    worst first: each layer's cost measured alone); while the budget (`int8_budget`) is missed on
-    calibration data, the float set grows to the 1, 2, 4, 8, ... most sensitive layers and
-    `requantize(nodes)` rebuilds the int8 model without them. Doubling keeps a model with a
-    hundred activations to a handful of rebuilds. Returns what was kept in float and what that
-    cost in size and latency."""
+    worst first: each layer's cost measured alone); while the budget (`calibration_verdict`) is
+    missed on calibration data, the float set grows to the 1, 2, 4, 8, ... most sensitive layers
+    and `requantize(nodes)` rebuilds the int8 model with those compute nodes in float. Doubling
+    keeps a model with a hundred activations to a handful of rebuilds. Returns what was kept in
+    float and what that cost in size and latency."""
     plain_size, plain_ms = size(), latency()
     limit = int(options.get("max_float_layers", 4))
     ranking: list[dict] | None = None
     kept, excluded, history = [], [], []
     while True:
-        met, measured = int8_budget(reference, current(), labels, options)
+        met, measured = calibration_verdict(reference, current(), labels, options, names)
         history.append({"float_layers": list(kept), **measured})
         if met or len(kept) >= limit:
             break
-        ranking = ranking if ranking is not None else rank_layers()
+        ranking = ranking if ranking is not None else [r for r in rank_layers() if r["nodes"]]
         count = min(limit, max(1, 2 * len(kept)), len(ranking))
         if count <= len(kept):
             break
         kept = [r["tensor"] for r in ranking[:count]]
         excluded = list(dict.fromkeys(n for r in ranking[:count] for n in r["nodes"]))
         requantize(excluded)
-    return {"budget": {k: options.get(k) for k in BUDGET_KEYS}, "float_tensors": kept,
+    return {"budget": {k: options.get(k) for k in AWARE_KEYS}, "float_tensors": kept,
             "nodes_excluded": excluded, "steps": history, "met": met, "size_bytes_all_int8": plain_size,
             "size_bytes": size(), "p50_ms_all_int8": plain_ms, "p50_ms": latency()}

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeport.errors import ConfigError, ExportError, require
-from edgeport.targets.base import SourceModel, Target
+from edgeport.targets.base import SourceModel, Target, declared_tensor
 from edgeport.types import Artifact, CalibrationSet, TensorSpec
 
 CONVERTERS = ("litert-torch", "onnx2tf")
@@ -60,28 +60,49 @@ def axes_between(source: list[int], found: list[int], expected: list[int] | None
     raise ExportError(f"cannot tell how the converted shape {list(found)} relates to the model's {source}")
 
 
-def read_specs(path: Path, source: SourceModel, channels_last: bool) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Input/output specs as the interpreter sees them, in the source model's order."""
+def signature(path: Path):
+    """The model's (only) signature runner: its keys name inputs and outputs; tensor order does not."""
     it = interpreter(path)
+    return it, it.get_signature_runner()
 
-    def spec(detail: dict, src: TensorSpec) -> TensorSpec:
+
+def signature_key(details: dict, spec: TensorSpec, position: int, prefix: str, path: Path) -> str:
+    """The signature key of a source tensor: onnx2tf keeps the ONNX names (the user's); litert-torch
+    numbers positional arguments and results (args_0, output_0) in the model's own order."""
+    for key in (spec.name, f"{prefix}_{position}"):
+        if key in details:
+            return key
+    raise ExportError(f"{path.name}: cannot tell which tensor of the converted model is {spec.name!r}; its signature "
+                      f"names {', '.join(map(repr, details))}")
+
+
+def read_specs(path: Path, source: SourceModel, channels_last: bool) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Input/output specs as the interpreter sees them, mapped to the source's tensors by
+    signature name (never by tensor index: litert-torch numbers outputs in no useful order)."""
+    _, runner = signature(path)
+    ins, outs = runner.get_input_details(), runner.get_output_details()
+    if len(ins) != len(source.inputs) or len(outs) != len(source.outputs):
+        raise ExportError(f"converted model has {len(ins)} inputs / {len(outs)} outputs; "
+                          f"the source has {len(source.inputs)} / {len(source.outputs)}")
+
+    def spec(key: str, detail: dict, src: TensorSpec) -> TensorSpec:
         shape = [int(d) for d in detail["shape"]]
         axes = axes_between(list(src.concrete_shape(1)), shape, onnx2tf_axes(len(shape)) if channels_last else None)
         scale, zero = detail["quantization"]
+        dtype = np.dtype(detail["dtype"]).name
         layout = src.layout
         if axes is not None and len(shape) == 4:
             layout = "NHWC" if src.layout in ("NCHW", "none") else src.layout
-        quantized = np.dtype(detail["dtype"]).kind in "iu" and scale
-        return TensorSpec(name=detail["name"], shape=shape, dtype=np.dtype(detail["dtype"]).name, layout=layout,
-                          scale=float(scale) if quantized else None, zero_point=int(zero) if quantized else None,
-                          source_axes=axes)
+        quantized = np.dtype(dtype).kind in "iu" and scale
+        return TensorSpec(name=src.name, runtime_name=key if key != src.name else None, shape=shape, dtype=dtype,
+                          layout=layout, scale=float(scale) if quantized else None,
+                          zero_point=int(zero) if quantized else None, source_axes=axes,
+                          source_dtype=src.dtype if dtype != src.dtype and not quantized else None)
 
-    inputs = sorted(it.get_input_details(), key=lambda d: d["index"])
-    outputs = sorted(it.get_output_details(), key=lambda d: d["index"])
-    if len(inputs) != len(source.inputs) or len(outputs) != len(source.outputs):
-        raise ExportError(f"converted model has {len(inputs)} inputs / {len(outputs)} outputs; "
-                          f"the source has {len(source.inputs)} / {len(source.outputs)}")
-    return ([spec(d, s) for d, s in zip(inputs, source.inputs)], [spec(d, s) for d, s in zip(outputs, source.outputs)])
+    inputs = [spec(k, ins[k], s) for i, s in enumerate(source.inputs) if (k := signature_key(ins, s, i, "args", path))]
+    outputs = [spec(k, outs[k], s) for i, s in enumerate(source.outputs)
+               if (k := signature_key(outs, s, i, "output", path))]
+    return inputs, outputs
 
 
 LOG_NAME = "convert.log"
@@ -180,6 +201,7 @@ def onnx2tf_saved_model(source: SourceModel, calibration: CalibrationSet, work: 
         onnx2tf = require("onnx2tf", "tflite-full-int8")
     onnx_copy = work / "model.onnx"  # a copy: onnx2tf rewrites its input in place
     static_onnx(source, onnx_copy)
+    spell_for_onnx2tf(onnx_copy)
     data_args = []
     for spec in source.inputs:
         samples = calibration.inputs[spec.name][:20]
@@ -215,18 +237,34 @@ def onnx2tf_saved_model(source: SourceModel, calibration: CalibrationSet, work: 
 def static_onnx(source: SourceModel, path: Path) -> None:
     """The interchange file with batch 1. A dynamic batch leaves Shape/Slice/Concat chains around
     reshapes that onnx2tf mis-converts silently (cosine 0.14 on an attention block, 1.0 static)."""
-    import onnx
-    import torch
-
     if not any(s.dynamic_batch for s in source.inputs):
         shutil.copyfile(source.onnx_path, path)
         return
-    opset = next(o.version for o in onnx.load(str(source.onnx_path), load_external_data=False).opset_import
-                 if o.domain in ("", "ai.onnx"))
     with quiet(path.parent.parent / LOG_NAME):
-        torch.onnx.export(source.module, example_args(source), str(path), dynamo=True, external_data=False,
-                          opset_version=opset, input_names=[s.name for s in source.inputs],
-                          output_names=[s.name for s in source.outputs])
+        source.export_static(path)
+
+
+def spell_for_onnx2tf(path: Path) -> None:
+    """Rewrite ops onnx2tf 1.28 converts wrongly into equivalent ones it handles: ReduceL2 with
+    its axes as an input (opset 18+, the L2 normalisation every sentence encoder ends with)
+    reaches tf.norm as a numpy integer, which TensorFlow refuses; Sqrt(ReduceSumSquare) is the same."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(path))
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type == "ReduceL2":
+            squares = f"{node.output[0]}__sum_squares"
+            nodes += [helper.make_node("ReduceSumSquare", list(node.input), [squares], name=f"{node.name}__sum_squares",
+                                       **{a.name: helper.get_attribute_value(a) for a in node.attribute}),
+                      helper.make_node("Sqrt", [squares], list(node.output), name=node.name)]
+        else:
+            nodes.append(node)
+    if len(nodes) != len(model.graph.node):
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        onnx.save(model, str(path))
 
 
 def write_onnx2tf_sample(samples: np.ndarray, path: Path) -> None:
@@ -245,9 +283,10 @@ def tf_lite_convert(saved_model: Path, path: Path, calibration: CalibrationSet |
         converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
     if calibration is not None:
         def representative():
+            # By input name: the converter orders a SavedModel's inputs its own way (alphabetically).
             for feeds in calibration.samples():
-                yield [feeds[s.name].transpose(axes) if axes else feeds[s.name]
-                       for s, axes in zip(source.inputs, input_axes)]
+                yield {s.name: feeds[s.name].transpose(axes) if axes else feeds[s.name]
+                       for s, axes in zip(source.inputs, input_axes)}
 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative
@@ -330,17 +369,34 @@ class TfliteTarget(Target):
         artifact.inputs, artifact.outputs = read_specs(path, source, channels_last)
         return artifact
 
+    def declared(self, artifact: Artifact) -> dict:
+        require("ai_edge_litert", "tflite")
+        it, runner = signature(artifact.main_file)
+
+        def tensor(key: str, detail: dict) -> dict:
+            scale, zero = detail["quantization"]
+            dtype = np.dtype(detail["dtype"]).name
+            quantized = np.dtype(dtype).kind in "iu" and scale
+            return declared_tensor(key, [int(d) for d in detail["shape"]], dtype, float(scale) if quantized else None,
+                                   int(zero) if quantized else None)
+
+        kinds = {np.dtype(t["dtype"]).name for t in it.get_tensor_details()}
+        numerics = "int8" if "int8" in kinds else ("float16" if "float16" in kinds else "float32")
+        return {"inputs": [tensor(k, d) for k, d in runner.get_input_details().items()],
+                "outputs": [tensor(k, d) for k, d in runner.get_output_details().items()], "numerics": numerics}
+
     def load(self, artifact: Artifact, threads: int):
         require("ai_edge_litert", "tflite")
         it = interpreter(artifact.main_file, threads)
-        ins = {d["name"]: d["index"] for d in it.get_input_details()}
-        outs = [d["index"] for d in sorted(it.get_output_details(), key=lambda d: d["index"])]
+        runner = it.get_signature_runner()
+        ins = {k: d["index"] for k, d in runner.get_input_details().items()}
+        outs = {k: d["index"] for k, d in runner.get_output_details().items()}
 
         class TfliteSession:
-            def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-                for name, value in feeds.items():
-                    it.set_tensor(ins[name], value)
+            def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+                for key, value in feeds.items():
+                    it.set_tensor(ins[key], value)
                 it.invoke()
-                return [it.get_tensor(i).copy() for i in outs]
+                return {key: it.get_tensor(index).copy() for key, index in outs.items()}
 
         return TfliteSession()

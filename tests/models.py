@@ -183,3 +183,183 @@ class OutlierMLP(nn.Module):
 
 def outlier_mlp() -> OutlierMLP:
     return OutlierMLP().eval()
+
+
+# --- models shaped like the ones users bring (issue: real models) -----------------------------
+
+TOKEN_LENGTH = 64  # a digit's 64 pixels read as a sentence of 64 tokens
+VOCAB = 18  # 0 = padding, 1..17 = pixel intensity 0..16
+
+
+def digit_sentences(images, seed: int = 0):
+    """Digits as token sentences with padding: ids = intensity + 1, the tail cut at a random length
+    (40..64) and padded with 0, attention_mask 1 on real tokens. int64, as tokenizers give them."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    ids = (np.rint(images.reshape(len(images), -1) * 16).astype(np.int64) + 1)
+    lengths = rng.integers(40, TOKEN_LENGTH + 1, len(images))
+    mask = (np.arange(TOKEN_LENGTH)[None] < lengths[:, None]).astype(np.int64)
+    return ids * mask, mask
+
+
+class TextEncoder(nn.Module):
+    """A sentence encoder as sentence-transformers models are: token embedding + positions, one
+    BERT-style attention block with an additive padding mask, masked mean pooling, L2
+    normalisation. Its embedding module is called `embedding`, like the output users give it."""
+
+    def __init__(self, dim: int = 64, heads: int = 4):
+        super().__init__()
+        self.heads = heads
+        self.embedding = nn.Embedding(VOCAB, dim)
+        self.position = nn.Parameter(torch.randn(1, TOKEN_LENGTH, dim) * 0.02)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.norm2 = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, 10)  # trains the embedding; not part of forward()
+
+    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        b, n = input_ids.shape
+        x = self.embedding(input_ids) + self.position[:, :n]
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+        scores = scores + (1.0 - attention_mask[:, None, None, :].float()) * -10000.0
+        attended = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, -1)
+        x = self.norm1(x + self.proj(attended))
+        x = self.norm2(x + self.mlp(x))
+        weights = attention_mask[:, :, None].float()
+        return (x * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.pooled(input_ids, attention_mask), dim=-1)
+
+
+class _EncoderClassifier(nn.Module):
+    """Training view: digit images -> token sentences cut at random lengths -> class scores."""
+
+    def __init__(self, encoder: TextEncoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ids = torch.round(x.reshape(len(x), -1) * 16).long() + 1
+        lengths = torch.randint(40, TOKEN_LENGTH + 1, (len(x), 1))
+        mask = (torch.arange(TOKEN_LENGTH)[None] < lengths).long()
+        return self.encoder.head(self.encoder.pooled(ids * mask, mask))
+
+
+def text_encoder() -> TextEncoder:
+    """Trained (a few seconds, once per cache folder) to tell digits apart from their token sentences."""
+    from edgeport.examples.digits import trained
+
+    wrapped = trained(lambda: _EncoderClassifier(TextEncoder()), "text_encoder-v1", epochs=40)
+    return wrapped.encoder.eval()
+
+
+def write_text_data(folder, name: str = "sentences.npz") -> None:
+    """Held-out digits as padded token sentences (input_ids, attention_mask: int64) with labels."""
+    import numpy as np
+
+    from edgeport.calibration.digits import digits_split
+
+    _, _, x_test, y_test = digits_split()
+    ids, mask = digit_sentences(x_test, seed=1)
+    np.savez(folder / name, input_ids=ids, attention_mask=mask, labels=y_test)
+
+
+TEXT_MODEL = """
+[model]
+source = "tests.models:text_encoder"
+inputs = [{ name = "input_ids", shape = ["batch", 64], dtype = "int64" },
+          { name = "attention_mask", shape = ["batch", 64], dtype = "int64" }]
+output_names = ["embedding"]
+
+[data]
+source = "npy"
+path = "sentences.npz"
+calibration_samples = 128
+"""
+
+
+FRAME = 576  # a 24x24 view of a digit, flattened: the streaming model's input frame
+STATE = 128
+
+
+def digit_frames(images, shift: int):
+    """Digits upsampled to 24x24 (each pixel 3x3), rolled `shift` pixels right, flattened: [N, 576]."""
+    import numpy as np
+
+    big = np.repeat(np.repeat(images[:, 0], 3, axis=1), 3, axis=2)
+    return np.roll(big, shift, axis=2).reshape(len(images), FRAME).astype(np.float32)
+
+
+class StreamingLSTM(nn.Module):
+    """One step of a streaming model, as keyword spotters and audio denoisers ship: a frame and the
+    LSTM state in; class scores and the new state out (h and c: two outputs of the same shape)."""
+
+    def __init__(self):
+        super().__init__()
+        self.frontend = nn.Sequential(nn.Linear(FRAME, STATE), nn.ReLU())
+        self.cell = nn.LSTMCell(STATE, STATE)
+        self.head = nn.Linear(STATE, 10)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
+        h, c = self.cell(self.frontend(x), (h, c))
+        return self.head(h), h, c
+
+
+class _TwoFrames(nn.Module):
+    """Training view: two frames of the same digit (shifted views), scored after the second."""
+
+    def __init__(self, model: StreamingLSTM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first, second = frames_torch(x)
+        zeros = torch.zeros(len(x), STATE)
+        _, h, c = self.model(first, zeros, zeros)
+        return self.model(second, h, c)[0]
+
+
+def frames_torch(x: torch.Tensor):
+    return torch.from_numpy(digit_frames(x.numpy(), 0)), torch.from_numpy(digit_frames(x.numpy(), 2))
+
+
+def streaming_lstm() -> StreamingLSTM:
+    from edgeport.examples.digits import trained
+
+    return trained(lambda: _TwoFrames(StreamingLSTM()), "streaming_lstm-v1", epochs=10).model.eval()
+
+
+def write_stream_data(folder, name: str = "frames.npz") -> None:
+    """The second frame of each held-out digit with the real state after its first frame."""
+    import numpy as np
+
+    from edgeport.calibration.digits import digits_split
+
+    _, _, x_test, y_test = digits_split()
+    model = streaming_lstm()
+    first, second = digit_frames(x_test, 0), digit_frames(x_test, 2)
+    with torch.no_grad():
+        zeros = torch.zeros(len(first), STATE)
+        _, h, c = model(torch.from_numpy(first), zeros, zeros)
+    np.savez(folder / name, x=second, h=h.numpy(), c=c.numpy(), labels=y_test)
+
+
+STREAM_MODEL = """
+[model]
+source = "tests.models:streaming_lstm"
+inputs = [{ name = "x", shape = ["batch", 576], dtype = "float32" },
+          { name = "h", shape = ["batch", 128], dtype = "float32" },
+          { name = "c", shape = ["batch", 128], dtype = "float32" }]
+output_names = ["scores", "h_next", "c_next"]
+state = { h = "h_next", c = "c_next" }
+
+[data]
+source = "npy"
+path = "frames.npz"
+calibration_samples = 128
+"""

@@ -31,24 +31,34 @@ def test_runner_imports_only_stdlib_numpy_and_runtimes():
     assert imported <= allowed, imported - allowed
 
 
-def test_random_feeds_follow_the_specs():
-    feeds = runner.random_feeds([{"name": "a", "shape": ["batch", 3], "dtype": "float32"},
-                                 {"name": "b", "shape": [2], "dtype": "int8"}], batch=4, seed=0)
-    assert feeds["a"].shape == (4, 3) and feeds["a"].dtype == "float32"
-    assert feeds["b"].dtype == "int8"
+def test_samples_are_cycled_outside_the_timing():
+    """Each timed call gets the next sample, bound before the clock starts."""
+    seen, bound = [], iter(range(1000))
+    current = {"i": None}
+
+    def bind():
+        current["i"] = next(bound)
+
+    runner.measure(lambda: seen.append(current["i"]), warmup=2, iterations=10, min_seconds=0.0, next_inputs=bind)
+    assert seen == list(range(12))  # one fresh sample per call, warm-up included
 
 
 @pytest.mark.onnxruntime
 def test_runner_in_a_fresh_process(tmp_path):
+    import numpy as np
     import torch
 
-    model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU()).eval()
-    torch.onnx.export(model, (torch.randn(1, 16),), str(tmp_path / "m.onnx"), dynamo=True, external_data=False,
-                      input_names=["x"])
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 8), torch.nn.Flatten(), torch.nn.Linear(32, 8)).eval()
+    torch.onnx.export(model, (torch.zeros(1, 4, dtype=torch.int64),), str(tmp_path / "m.onnx"), dynamo=True,
+                      external_data=False, input_names=["ids"])
+    # token ids a random int64 feed would break: only 0..9 exist
+    np.savez(tmp_path / "feeds.npz", in0=np.random.default_rng(0).integers(0, 10, (5, 4)))
     result = local.run_json([sys.executable, str(local.RUNNER)], {
-        "runtime": "onnxruntime", "model": str(tmp_path / "m.onnx"), "inputs": [{"name": "x", "shape": [1, 16]}],
+        "runtime": "onnxruntime", "model": str(tmp_path / "m.onnx"),
+        "feeds": {"file": str(tmp_path / "feeds.npz"), "names": ["ids"]},
         "iterations": 30, "min_seconds": 0, "warmup": 2, "threads": 1}, timeout=120)
     assert result["iterations"] >= 30 and result["runtime"] == "onnxruntime"
+    assert result["options"]["inputs"] == "5 held-out sample(s), cycled"
     assert result["runtime_version"].count(".") >= 2
     # A fresh process: its peak memory is its own, far below a torch-importing parent's.
     assert 0 < result["peak_rss_mb"] < 400

@@ -28,11 +28,18 @@ def digits_search(tmp_path, search: str, name: str = "tune", targets: str | None
 def test_pareto_front_and_budget_verdicts():
     points = [(1.0, 0.90), (2.0, 0.99), (3.0, 0.98), (0.5, 0.80), (2.0, 0.95)]
     assert pareto_front(points) == [3, 0, 1]  # (3.0, 0.98) and (2.0, 0.95) are beaten by (2.0, 0.99)
-    met, why, short = judge({"top1_agreement": 0.985, "cosine": 0.999}, {"min_top1_agreement": 0.99})
-    assert not met and why == "top-1 agreement 0.9850 < 0.99" and short == pytest.approx(0.005)
-    met, why, short = judge({"accuracy": 0.95, "reference_accuracy": 0.97, "cosine": 0.99}, {"max_accuracy_drop": 1.0})
-    assert not met and "accuracy drop 2.00 points > 1.0" in why and short == pytest.approx(1.0)
-    assert judge({"top1_agreement": 1.0, "cosine": 0.9999}, {"min_top1_agreement": 0.99, "min_cosine": 0.999})[0]
+    def verify(**figures):
+        outputs = [{"name": "logits", "max_abs": 0.1, "sqnr_db": 30.0, "cosine": 0.999, **figures}]
+        return {"outputs": outputs, "accuracy": figures.get("accuracy"), "reference_accuracy": 0.97}
+
+    met, why, short = judge(verify(top1_agreement=0.985), {"min_top1_agreement": 0.99})
+    assert not met and why == "output 'logits': top-1 agreement 0.985 outside min_top1_agreement = 0.99"
+    assert short == pytest.approx(0.005)
+    met, why, short = judge(verify(accuracy=0.95), {"max_accuracy_drop": 1.0})
+    assert not met and "2.00 points below PyTorch's 97.00% (max_accuracy_drop = 1)" in why and short == pytest.approx(1.0)
+    assert judge(verify(top1_agreement=1.0, cosine=0.9999), {"min_top1_agreement": 0.99, "min_cosine": 0.999})[0]
+    met, why, _ = judge(verify(), {"min_top1_agreement": 0.99})  # an embedding: nothing to measure it on
+    assert not met and why.startswith("no top-1 agreement: no output holds class scores")
 
 
 def test_plan_is_the_product_of_the_search_axes(tmp_path, model_cache):
@@ -95,7 +102,8 @@ def test_accuracy_aware_candidates_are_built_where_plain_int8_misses(tmp_path):
     result = tune(load_config(config))
     by_label = {c.label: c for c in result.candidates}
     plain, aware = by_label["onnxruntime/int8/minmax"], by_label["onnxruntime/int8/minmax-aware"]
-    assert plain.status == "rejected" and plain.reason.startswith("cosine ") and "< 0.999" in plain.reason
+    assert plain.status == "rejected" and plain.reason.startswith("output 'output': cosine ")
+    assert "outside min_cosine = 0.999" in plain.reason
     assert not plain.verify["passed"] and plain.p50_ms is None  # failed verification: never benchmarked
     assert aware.status == "chosen" and aware.float_layers[0] == "relu" and aware.verify["cosine"] >= 0.999
 
@@ -105,7 +113,8 @@ def test_a_budget_nothing_meets_names_the_closest(tmp_path, model_cache):
     result = cli.invoke(app, ["tune", str(config)])
     assert result.exit_code == 2
     (line,) = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
-    assert "no candidate meets min_cosine = 0.9999999: the closest is onnxruntime/int8/minmax (cosine 0.99" in line
+    assert ("no candidate meets min_cosine = 0.9999999: the closest is onnxruntime/int8/minmax (output 'logits': "
+            "cosine 0.99") in line
     assert " short)" in line
     assert (tmp_path / "runs" / "tune" / "report.md").is_file()  # the verdicts are there to read
     # Outside the budget but verified: timed anyway, so the latency Pareto front shows the trade-off.

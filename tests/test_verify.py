@@ -1,30 +1,83 @@
-"""Verification metrics and verdicts: a wrong export must fail, loudly and precisely."""
+"""Verification metrics and verdicts: a wrong export must fail, loudly and precisely, on every
+output, and no global figure may hide a broken one."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from edgeport.metrics import judge, output_metrics
 from edgeport.pipeline.config import DEFAULT_TOLERANCES, Tolerance
-from edgeport.pipeline.verify import compare, metrics
+from edgeport.pipeline.verify import compare
 from edgeport.types import Artifact, TensorSpec
 
 
-def artifact(precision="int8"):
-    spec = TensorSpec(name="logits", shape=["batch", 10])
-    return Artifact(id="x", target="onnxruntime", format="onnx", precision=precision, inputs=[spec], outputs=[spec])
+def artifact(precision="int8", outputs=("logits",)):
+    specs = [TensorSpec(name=n, shape=["batch", 10]) for n in outputs]
+    return Artifact(id="x", target="onnxruntime", format="onnx", precision=precision, inputs=specs[:1], outputs=specs)
+
+
+def limits(name: str) -> dict:
+    return DEFAULT_TOLERANCES[name].model_dump()
 
 
 def test_metrics_of_identical_outputs():
     ref = np.random.default_rng(0).standard_normal((100, 10)).astype(np.float32)
-    m = metrics("y", ref, ref.copy())
-    assert m.cosine > 0.999999 and m.max_abs == 0 and m.top1_agreement == 1.0 and m.sqnr_db == 300.0
+    m = output_metrics("y", ref, ref.copy(), scores=True)
+    assert m.cosine > 0.999999 and m.cosine_min > 0.999999 and m.max_abs == 0 and m.sqnr_db == 300.0
+    assert m.top1_agreement == 1.0 and not m.centred
 
 
 def test_sqnr_of_known_noise():
     rng = np.random.default_rng(0)
-    ref = rng.standard_normal(100_000)
-    noisy = ref + rng.standard_normal(100_000) * 0.1  # noise power 1/100 of signal: 20 dB
-    assert abs(metrics("y", ref, noisy).sqnr_db - 20.0) < 0.2
+    ref = rng.standard_normal((1000, 100))
+    noisy = ref + rng.standard_normal((1000, 100)) * 0.1  # noise power 1/100 of signal: 20 dB
+    assert abs(output_metrics("y", ref, noisy, scores=False).sqnr_db - 20.0) < 0.2
+
+
+def test_per_sample_cosine_finds_the_one_broken_sample():
+    """A global cosine over all samples averages one ruined sample away; the worst sample does not."""
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((200, 10))
+    out = ref.copy()
+    out[17] = -ref[17]
+    m = output_metrics("y", ref, out, scores=False)
+    assert m.cosine_min < -0.99 and m.cosine > 0.98
+    assert judge([m], {"min_sample_cosine": 0.9})[0].startswith("output 'y': worst-sample cosine -1")
+
+
+def test_a_constant_bias_cannot_hide_a_broken_output():
+    """Outputs that barely depend on the input (an untrained net's bias): the global cosine is
+    0.9999 for an artifact whose input-dependent part is noise; the centred one is not."""
+    rng = np.random.default_rng(0)
+    bias = np.linspace(5, 10, 10)
+    signal = rng.standard_normal((300, 10)) * 0.02
+    ref = bias + signal
+    broken = bias + rng.standard_normal((300, 10)) * 0.02  # the input-dependent part is unrelated
+    m = output_metrics("logits", ref, broken, scores=False)
+    assert m.cosine_global > 0.9999
+    assert m.centred and m.input_dependence < 0.01 and abs(m.cosine) < 0.2
+    report = compare(artifact(), [ref], [broken], None, limits("int8"), scores=[])
+    assert not report.passed and "(input-dependent part)" in report.failures[0]
+    assert "hardly depends on the input" in report.warnings[0]
+
+
+def test_top1_and_accuracy_only_for_class_score_outputs():
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((50, 10))
+    labels = ref.argmax(1)
+    as_scores = compare(artifact(), [ref], [ref.copy()], labels, limits("int8"), scores=["logits"])
+    assert as_scores.outputs[0].top1_agreement == 1.0 and as_scores.accuracy == 1.0
+    as_embedding = compare(artifact(), [ref], [ref.copy()], labels, limits("int8"), scores=[])
+    assert as_embedding.outputs[0].top1_agreement is None and as_embedding.accuracy is None
+
+
+def test_the_worst_output_decides():
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((100, 10))
+    good, bad = ref + rng.standard_normal(ref.shape) * 1e-3, rng.standard_normal((100, 10))
+    report = compare(artifact(outputs=("h", "c")), [ref, ref], [good, bad], None, limits("int8"))
+    assert not report.passed and len(report.failures) == 1 and report.failures[0].startswith("output 'c': cosine")
+    assert report.summary()["worst_output"] == "c" and report.cosine == report.outputs[1].cosine
 
 
 def test_a_shuffled_output_fails_with_output_metric_value_and_limit():
@@ -32,7 +85,7 @@ def test_a_shuffled_output_fails_with_output_metric_value_and_limit():
     ref = rng.standard_normal((200, 10)).astype(np.float32)
     labels = ref.argmax(1)
     wrong = ref[:, ::-1].copy()  # e.g. a layout mix-up in the export
-    report = compare(artifact(), [ref], [wrong], labels, DEFAULT_TOLERANCES["int8"])
+    report = compare(artifact(), [ref], [wrong], labels, limits("int8"), scores=["logits"])
     assert not report.passed
     assert any(f.startswith("output 'logits': cosine") and "outside min_cosine = 0.99" in f for f in report.failures)
     assert any("points below PyTorch's 100.00%" in f for f in report.failures)
@@ -42,14 +95,14 @@ def test_small_int8_noise_passes():
     rng = np.random.default_rng(0)
     ref = rng.standard_normal((200, 10)).astype(np.float32) * 5
     out = ref + rng.standard_normal(ref.shape).astype(np.float32) * 0.05
-    report = compare(artifact(), [ref], [out], ref.argmax(1), DEFAULT_TOLERANCES["int8"])
+    report = compare(artifact(), [ref], [out], ref.argmax(1), limits("int8"), scores=["logits"])
     assert report.passed, report.failures
     assert report.accuracy > 0.98
 
 
 def test_shape_mismatch_is_a_failure():
     ref = np.zeros((4, 10), np.float32)
-    report = compare(artifact(), [ref], [np.zeros((4, 9), np.float32)], None, Tolerance(min_cosine=0.9))
+    report = compare(artifact(), [ref], [np.zeros((4, 9), np.float32)], None, Tolerance(min_cosine=0.9).model_dump())
     assert not report.passed and "shape [4, 9] differs from PyTorch's [4, 10]" in report.failures[0]
 
 
@@ -57,5 +110,5 @@ def test_max_abs_limit_for_fp32():
     ref = np.ones((3, 10), np.float32)
     out = ref.copy()
     out[1, 2] += 0.5
-    report = compare(artifact("fp32"), [ref], [out], None, DEFAULT_TOLERANCES["fp32"])
+    report = compare(artifact("fp32"), [ref], [out], None, limits("fp32"))
     assert not report.passed and "output 'logits': max abs error 0.5 outside max_abs = 0.001" in report.failures

@@ -15,7 +15,8 @@ from edgeport.pipeline.compress.measure import macs, parameters, sizes
 from edgeport.pipeline.config import ModelConfig
 from edgeport.pipeline.model_loading import LoadedModel, load_model, save_program
 from edgeport.pipeline.stages import Event
-from edgeport.pipeline.verify import accuracy, reference_outputs
+from edgeport.metrics import accuracy
+from edgeport.pipeline.verify import reference_outputs
 from edgeport.types import sha256_file
 
 
@@ -38,13 +39,23 @@ def measure(job, folder: Path) -> dict:
         module = torch.export.load(str(path)).module()
         raw, zipped = sizes(module)
         ref = reference_outputs(module, evaluation, job.config.model.inputs, job.config.verify.batch)
-        request = {"model": program_config(job, path).model_dump(mode="json"), "base_dir": ".", **job.bench_settings()}
+        request = {"model": program_config(job, path).model_dump(mode="json"), "base_dir": ".",
+                   "samples": str((job.run_dir / "calibration" / "evaluation.npz").resolve()), "count": 32,
+                   **job.bench_settings()}
         bench = local.run_json([sys.executable, "-m", "edgeport.pipeline.torch_bench"], request, 600)
         example = tuple(torch.zeros(s.concrete_shape(1), dtype=getattr(torch, s.dtype)) for s in job.config.model.inputs)
         return {"params": parameters(module), "macs": macs(module, example), "size_bytes": raw, "zip_bytes": zipped,
-                "accuracy": accuracy(ref[0], evaluation.labels), "p50_ms": bench["p50_ms"]}
+                "accuracy": scores_accuracy(job, ref, evaluation.labels),
+                "p50_ms": bench["p50_ms"]}
 
     return job.stages.record("compress", f"compress/{folder.name}.json", key, compute)
+
+
+def scores_accuracy(job, outputs: list, labels) -> float | None:
+    scores = job.class_scores()
+    if not scores:
+        return None
+    return accuracy(outputs[[s.name for s in job.original.outputs].index(scores[0])], labels)
 
 
 def run_chain(job) -> tuple[LoadedModel, list[dict], Path]:

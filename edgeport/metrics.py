@@ -1,0 +1,139 @@
+"""How close an artifact's outputs are to the PyTorch model's: one module for verification,
+accuracy-aware int8 and search, so every one of them judges the same numbers the same way.
+
+Per output: cosine per sample (mean and worst), SQNR, max abs error; when the reference hardly
+varies with the input (a constant bias dominating it), the cosine and SQNR are taken on the
+input-dependent part (outputs minus the reference's mean over samples), since a global figure
+would then be near 1 for any artifact. Top-1 agreement and accuracy only for outputs that are
+class scores. A budget holds limits on these; the worst output decides.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from edgeport.types import OutputMetrics
+
+SQNR_CAP_DB = 300.0  # identical outputs: a large finite number (JSON has no infinity)
+# Below this share of its energy varying with the input, an output is judged on that varying part.
+INPUT_DEPENDENCE_FLOOR = 0.01
+BUDGET_KEYS = ("min_cosine", "min_sample_cosine", "min_sqnr_db", "max_abs", "min_top1_agreement", "max_accuracy_drop")
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine of two arrays as flat vectors (1.0 when both are zero)."""
+    x, y = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    nx, ny = np.linalg.norm(x), np.linalg.norm(y)
+    if nx == 0 or ny == 0:
+        return float(nx == ny)
+    return float(x @ y / (nx * ny))
+
+
+def sample_cosines(ref: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """The cosine of each sample's output with the reference's (sample axis first)."""
+    x = np.asarray(ref, np.float64).reshape(len(ref), -1)
+    y = np.asarray(out, np.float64).reshape(len(out), -1)
+    nx, ny = np.linalg.norm(x, axis=1), np.linalg.norm(y, axis=1)
+    both = nx * ny
+    return np.where(both > 0, (x * y).sum(1) / np.where(both > 0, both, 1), (nx == ny).astype(np.float64))
+
+
+def sqnr_db(ref: np.ndarray, out: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio in dB, capped at SQNR_CAP_DB for identical outputs."""
+    ref64 = np.asarray(ref, np.float64)
+    noise = float(np.sum((ref64 - out) ** 2))
+    if noise == 0:
+        return SQNR_CAP_DB
+    return float(min(SQNR_CAP_DB, 10 * math.log10(max(float(np.sum(ref64**2)), 1e-30) / noise)))
+
+
+def input_dependence(ref: np.ndarray) -> float:
+    """Share of the reference's energy that varies from sample to sample (1 = all of it)."""
+    ref64 = np.asarray(ref, np.float64).reshape(len(ref), -1)
+    total = float(np.sum(ref64**2))
+    if total == 0 or len(ref64) < 2:
+        return 1.0
+    return float(np.sum((ref64 - ref64.mean(0)) ** 2) / total)
+
+
+def output_metrics(name: str, ref: np.ndarray, out: np.ndarray, scores: bool) -> OutputMetrics:
+    """Every figure of one output; `scores` says whether it holds class scores (argmax = the class)."""
+    ref, out = np.asarray(ref), np.asarray(out, np.float64)
+    dependence = input_dependence(ref)
+    centred = dependence < INPUT_DEPENDENCE_FLOOR
+    judged_ref, judged_out = ref.astype(np.float64), out
+    if centred:
+        mean = judged_ref.mean(0, keepdims=True)
+        judged_ref, judged_out = judged_ref - mean, judged_out - mean
+    per_sample = sample_cosines(judged_ref, judged_out) if ref[0].size > 1 else None
+    top1 = None
+    if scores:
+        top1 = float((ref.reshape(len(ref), -1).argmax(1) == out.reshape(len(out), -1).argmax(1)).mean())
+    return OutputMetrics(
+        name=name, samples=len(ref), max_abs=float(np.abs(ref - out).max()) if ref.size else 0.0,
+        cosine=float(per_sample.mean()) if per_sample is not None else cosine(judged_ref, judged_out),
+        cosine_min=float(per_sample.min()) if per_sample is not None else None,
+        cosine_global=cosine(ref, out), sqnr_db=sqnr_db(judged_ref, judged_out), top1_agreement=top1,
+        input_dependence=dependence, centred=centred,
+    )
+
+
+def accuracy(scores: np.ndarray, labels: np.ndarray | None) -> float | None:
+    """Share of samples whose top class is the label."""
+    if labels is None or scores.ndim != 2 or len(labels) != len(scores):
+        return None
+    return float((scores.argmax(1) == labels).mean())
+
+
+def judge(outputs: list[OutputMetrics], limits: dict, accuracy_now: float | None = None,
+          reference_accuracy: float | None = None, strict: bool = False) -> list[str]:
+    """What misses `limits` (any BUDGET_KEYS with a value), one line each naming output, metric,
+    value and limit. The worst output decides: every output is checked. `strict` (a budget to
+    meet, not a tolerance) also fails a limit nothing could be measured for: top-1 agreement
+    without a class-score output, an accuracy drop without labels."""
+    failures = []
+    if strict and limits.get("min_top1_agreement") is not None and all(m.top1_agreement is None for m in outputs):
+        failures.append("no top-1 agreement: no output holds class scores (set model.class_scores)")
+    if strict and limits.get("max_accuracy_drop") is not None and accuracy_now is None:
+        failures.append("no accuracy: the evaluation data has no labels for a class-score output")
+    checks = [("min_cosine", "cosine", lambda m: m.cosine, lambda v, lim: v < lim),
+              ("min_sample_cosine", "worst-sample cosine", lambda m: m.cosine_min, lambda v, lim: v < lim),
+              ("min_sqnr_db", "SQNR", lambda m: m.sqnr_db, lambda v, lim: v < lim),
+              ("max_abs", "max abs error", lambda m: m.max_abs, lambda v, lim: v > lim),
+              ("min_top1_agreement", "top-1 agreement", lambda m: m.top1_agreement, lambda v, lim: v < lim)]
+    for m in outputs:
+        for key, label, value, missed in checks:
+            limit, v = limits.get(key), value(m)
+            if limit is not None and v is not None and missed(v, limit):
+                part = " (input-dependent part)" if m.centred and "cosine" in label or m.centred and key == "min_sqnr_db" else ""
+                failures.append(f"output {m.name!r}: {label}{part} {v:.6g} outside {key} = {limit}")
+    drop = limits.get("max_accuracy_drop")
+    if drop is not None and accuracy_now is not None and reference_accuracy is not None:
+        points = (reference_accuracy - accuracy_now) * 100
+        if points > drop:
+            failures.append(f"accuracy {accuracy_now:.2%} is {points:.2f} points below PyTorch's "
+                            f"{reference_accuracy:.2%} (max_accuracy_drop = {drop:g})")
+    return failures
+
+
+def shortfall(outputs: list[OutputMetrics], limits: dict, accuracy_now: float | None = None,
+              reference_accuracy: float | None = None) -> float:
+    """How far the first limit given misses (0 when met), in its own unit: ranks near misses."""
+    for key in ("min_top1_agreement", "max_accuracy_drop", "min_cosine", "min_sample_cosine", "min_sqnr_db", "max_abs"):
+        limit = limits.get(key)
+        if limit is None:
+            continue
+        if key == "max_accuracy_drop":
+            if accuracy_now is None or reference_accuracy is None:
+                return 100.0
+            return max(0.0, (reference_accuracy - accuracy_now) * 100 - limit)
+        field = {"min_cosine": "cosine", "min_sample_cosine": "cosine_min", "min_sqnr_db": "sqnr_db",
+                 "max_abs": "max_abs", "min_top1_agreement": "top1_agreement"}[key]
+        values = [getattr(m, field) for m in outputs if getattr(m, field) is not None]
+        if not values:
+            return 1.0
+        worst = max(values) if key == "max_abs" else min(values)
+        return max(0.0, (worst - limit) if key == "max_abs" else (limit - worst))
+    return 0.0
