@@ -14,7 +14,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[all,dev]' torch==2.13.0
+	# setuptools tells every editable install of a package-dir layout like ours that it is one
+	# ("Editable installation."): informational, and no configuration turns it off.
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install --quiet -e '.[all,dev]' torch==2.13.0
 	touch $(STAMP)
 
 demo: setup
