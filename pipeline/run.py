@@ -409,9 +409,11 @@ def run_stages(job: Run, config: RunConfig, until: str) -> RunResult:
     if STEPS.index(until) >= STEPS.index("bench"):
         if config.bench.baseline:
             outcome.baseline_bench = job.bench_baseline()
-        for r in results:
-            if r.verify is None or r.verify.passed:  # a failed export is not worth timing
-                r.bench = job.bench(r.artifact)
+        timed = [r for r in results if r.verify is None or r.verify.passed]  # a failed export is not worth timing
+        job.emit(Event("progress", "bench", "artifacts", total=len(timed)))
+        for done, r in enumerate(timed, 1):
+            r.bench = job.bench(r.artifact)
+            job.emit(Event("progress", "bench", "artifacts", r.artifact.label, total=len(timed), done=done))
     if until == "report":
         from edgeport.pipeline.package import package
         from edgeport.pipeline.report import write_reports

@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from edgeport.errors import ConfigError
+from edgeport.progress import report
 from edgeport.types import Artifact, CalibrationSet, FileRecord, TensorSpec
 
 
@@ -144,9 +145,11 @@ def keep_sensitive_in_float(reference: np.ndarray, current, rank_layers, requant
     limit = int(options.get("max_float_layers", 4))
     ranking: list[dict] | None = None
     kept, excluded, history = [], [], []
+    steps = max(limit - 1, 0).bit_length() + 2  # at most: 0, 1, 2, 4, ... limit layers in float
     while True:
         met, measured = int8_budget(reference, current(), labels, options)
         history.append({"float_layers": list(kept), **measured})
+        report(len(history), steps, f"accuracy-aware: {len(kept)} layer(s) in float, cosine {measured['cosine']:.5f}")
         if met or len(kept) >= limit:
             break
         ranking = ranking if ranking is not None else rank_layers()
