@@ -4,7 +4,6 @@ imports happen inside commands so that `edgeport --help` is instant."""
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -35,10 +34,9 @@ def fail(error: EdgeportError) -> typer.Exit:
 
 
 def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if not verbose:
-        for noisy in ("nncf", "torch", "onnxscript"):
-            logging.getLogger(noisy).setLevel(logging.ERROR)
+    from edgeport import logs
+
+    logs.setup(verbose)
 
 
 def load(config: Path, **overrides):
@@ -104,7 +102,7 @@ def execute(cfg, rebuild: bool, verbose: bool):
     from edgeport.cli_progress import progress_listener
     from edgeport.pipeline.run import run as run_pipeline
 
-    with progress_listener(err, verbose) as listener:
+    with progress_listener(err, verbose, cfg.run_dir) as listener:
         return run_pipeline(cfg, listener, rebuild=rebuild)
 
 
@@ -117,12 +115,18 @@ def finish(result, as_json: bool) -> None:
 
         out.print(results_table(result))
         out.print(f"run folder: {result.run_dir}\nreport:     {result.reports['report.md']}", highlight=False)
+        show_logs(result.run_dir)
         for bundle in result.bundles:
             out.print(f"bundle:     {bundle}", highlight=False)
     if result.failures:
         for failure in result.failures:
             err.print(f"[red]verification failed:[/red] {escape(failure)}", highlight=False)
         raise typer.Exit(3)
+
+
+def show_logs(run_dir: Path) -> None:
+    if (run_dir / "logs").is_dir():
+        out.print(f"logs:       {run_dir / 'logs'} (what the libraries printed)", highlight=False)
 
 
 @app.command()
@@ -144,7 +148,7 @@ def tune(
 
     try:
         cfg = load(config, **{"search.executor": executor, "search.workers": workers, "search.ray_address": ray_address})
-        with progress_listener(err, verbose) as listener:
+        with progress_listener(err, verbose, cfg.run_dir) as listener:
             result = run_search(cfg, listener, rebuild=rebuild)
     except EdgeportError as e:
         raise fail(e) from None
@@ -157,6 +161,7 @@ def tune(
     chosen = result.chosen
     out.print(f"chosen:     {chosen.label} ({chosen.path})\nbuilt:      {len(result.built)} stage(s) new, "
               f"the rest from the cache\nreport:     {result.run.reports['report.md']}", highlight=False)
+    show_logs(result.run.run_dir)
     for bundle in result.run.bundles:
         out.print(f"bundle:     {bundle}", highlight=False)
 
@@ -176,7 +181,7 @@ def export(
 
     try:
         cfg = load(config)
-        with progress_listener(err, verbose) as listener:
+        with progress_listener(err, verbose, cfg.run_dir) as listener:
             artifacts = Run(cfg, listener).artifacts(target, precision)
     except EdgeportError as e:
         raise fail(e) from None
@@ -208,7 +213,7 @@ def compress_command(
         cfg = load(config, **{"model.source": model})
         if not cfg.compress:
             raise ConfigError(f"{config}: no [[compress]] steps to run")
-        with progress_listener(err, verbose) as listener:
+        with progress_listener(err, verbose, cfg.run_dir) as listener:
             job = Run(cfg, listener)
             job.model  # runs the chain
             final = job.compressed_path
@@ -242,7 +247,7 @@ def verify(
     try:
         cfg = load(config)
         loaded = [Artifact.load(p) for p in artifacts]
-        with progress_listener(err, verbose) as listener:
+        with progress_listener(err, verbose, cfg.run_dir) as listener:
             job = Run(cfg, listener)
             reports = [job.verify(a) for a in loaded]
     except EdgeportError as e:
@@ -423,7 +428,7 @@ def calibrate_command(
         from edgeport.pipeline.run import run as run_pipeline
 
         cfg = load(Path(what))
-        with progress_listener(err, verbose) as listener:
+        with progress_listener(err, verbose, cfg.run_dir) as listener:
             result = run_pipeline(cfg, listener, until="verify")
         out.print(verify_table([r.verify for r in result.artifacts if r.verify]))
     except EdgeportError as e:
