@@ -279,26 +279,44 @@ def bench(
     min_seconds: Annotated[float, typer.Option(help="and at least this long")] = 2.0,
     warmup: Annotated[int, typer.Option(help="untimed runs first")] = 10,
     hint: Annotated[str, typer.Option(help="OpenVINO INFERENCE_PRECISION_HINT: f32, bf16 or default")] = "f32",
-    output: Annotated[Path, typer.Option("--out", help="results so far, rewritten after every measurement")] = Path("bench.json"),
+    output: Annotated[Optional[Path], typer.Option("--out", help="results so far, rewritten after every measurement "
+                                                   "[default: runs/bench/<UTC time>.json]", show_default=False)] = None,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Time artifacts on one or more devices (this machine, a board over SSH, a phone over adb),
     each in a fresh process, with the same harness as `run`."""
     setup_logging(verbose)
+    from edgeport.cli_progress import progress_listener
     from edgeport.devices.remote import bench_many
+    from edgeport.pipeline.stages import Event
 
+    output = output or bench_output()
     results = []
     try:
         settings = {"iterations": iterations, "min_seconds": min_seconds, "warmup": warmup, "threads": threads}
-        for a, b in bench_many(artifacts, device or ["local"], devices_dir, settings, {"hint": hint}, output):
-            results.append((a, b))
-            err.print(f"measured {a.label} on {b.device}: p50 {b.p50_ms} ms", highlight=False)
+        total = len(artifacts) * len(device or ["local"])
+        # The log folder beside the results makes their folder, and removes it again if nothing was measured.
+        with progress_listener(err, verbose, output.parent) as listener:
+            listener(Event("progress", "bench", "artifacts", total=total))
+            for a, b in bench_many(artifacts, device or ["local"], devices_dir, settings, {"hint": hint}, output):
+                results.append((a, b))
+                listener(Event("progress", "bench", "artifacts", f"{a.label} on {b.device}: p50 {b.p50_ms} ms",
+                               total=total, done=len(results)))
     except EdgeportError as e:
         if results:
             show_bench(results, as_json)
         raise fail(e) from None
     show_bench(results, as_json)
+    if not as_json:
+        out.print(f"results:    {output}", highlight=False)
+
+
+def bench_output() -> Path:
+    """Where `edgeport bench` writes without --out: beside the runs, named by the time (UTC)."""
+    from datetime import datetime, timezone
+
+    return Path("runs") / "bench" / f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
 
 
 def show_bench(results, as_json: bool) -> None:
