@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from edgeport.errors import ConfigError, DataError
-from edgeport.progress import report
 from edgeport.pipeline.compress.configs import Distill
 from edgeport.pipeline.compress.context import CompressContext
+from edgeport.progress import report
 
 
 def training_data(config: Distill, context: CompressContext) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
