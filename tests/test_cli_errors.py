@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from edgeport.cli import app
-from tests.conftest import write_config
+from tests.conftest import message_lines, write_config
 
 runner = CliRunner()
 
@@ -19,12 +17,9 @@ def invoke(*args):
     return result.exit_code, result.output.strip()
 
 
-PROGRESS = re.compile(r"^\[\d\d:\d\d:\d\d\] ")  # the stage lines shown before the error off a terminal
-
-
 def assert_one_line_error(code, output, pattern):
     assert code == 2, output
-    lines = [ln for ln in output.splitlines() if ln.strip() and not PROGRESS.match(ln)]
+    lines = message_lines(output)
     assert len(lines) == 1, output
     assert lines[0].startswith("error:")
     assert pattern in lines[0], lines[0]

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import zipfile
 
-from conftest import REPO
+from tests.conftest import REPO
 
 SHIPPED = ("pyproject.toml", "README.md", "edgeport", "pipeline", "targets", "calibration", "devices", "examples")
 
