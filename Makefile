@@ -10,11 +10,13 @@ setup: $(STAMP)
 
 # torch is installed first and pinned: the CPU wheel 2.13.0 is on this disk;
 # an unpinned torch would make pip download a CUDA build.
+# setuptools tells every editable install of a package-dir layout like ours that it is one
+# ("Editable installation."): informational, no configuration turns it off, so it is filtered.
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[all,dev]' torch==2.13.0
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install --quiet -e '.[all,dev]' torch==2.13.0
 	touch $(STAMP)
 
 demo: setup

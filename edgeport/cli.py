@@ -4,7 +4,6 @@ imports happen inside commands so that `edgeport --help` is instant."""
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -35,10 +34,9 @@ def fail(error: EdgeportError) -> typer.Exit:
 
 
 def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if not verbose:
-        for noisy in ("nncf", "torch", "onnxscript"):
-            logging.getLogger(noisy).setLevel(logging.ERROR)
+    from edgeport import logs
+
+    logs.setup(verbose)
 
 
 def load(config: Path, **overrides):
@@ -104,7 +102,7 @@ def execute(cfg, rebuild: bool, verbose: bool):
     from edgeport.cli_progress import progress_listener
     from edgeport.pipeline.run import run as run_pipeline
 
-    with progress_listener(err, verbose) as listener:
+    with progress_listener(err, verbose, cfg.run_dir) as listener:
         return run_pipeline(cfg, listener, rebuild=rebuild)
 
 
@@ -117,12 +115,18 @@ def finish(result, as_json: bool) -> None:
 
         out.print(results_table(result))
         out.print(f"run folder: {result.run_dir}\nreport:     {result.reports['report.md']}", highlight=False)
+        show_logs(result.run_dir)
         for bundle in result.bundles:
             out.print(f"bundle:     {bundle}", highlight=False)
     if result.failures:
         for failure in result.failures:
             err.print(f"[red]verification failed:[/red] {escape(failure)}", highlight=False)
         raise typer.Exit(3)
+
+
+def show_logs(run_dir: Path) -> None:
+    if (run_dir / "logs").is_dir():
+        out.print(f"logs:       {run_dir / 'logs'} (what the libraries printed)", highlight=False)
 
 
 @app.command()
@@ -144,7 +148,7 @@ def tune(
 
     try:
         cfg = load(config, **{"search.executor": executor, "search.workers": workers, "search.ray_address": ray_address})
-        with progress_listener(err, verbose) as listener:
+        with progress_listener(err, verbose, cfg.run_dir) as listener:
             result = run_search(cfg, listener, rebuild=rebuild)
     except EdgeportError as e:
         raise fail(e) from None
@@ -157,6 +161,7 @@ def tune(
     chosen = result.chosen
     out.print(f"chosen:     {chosen.label} ({chosen.path})\nbuilt:      {len(result.built)} stage(s) new, "
               f"the rest from the cache\nreport:     {result.run.reports['report.md']}", highlight=False)
+    show_logs(result.run.run_dir)
     for bundle in result.run.bundles:
         out.print(f"bundle:     {bundle}", highlight=False)
 
@@ -176,7 +181,7 @@ def export(
 
     try:
         cfg = load(config)
-        with progress_listener(err, verbose) as listener:
+        with progress_listener(err, verbose, cfg.run_dir) as listener:
             artifacts = Run(cfg, listener).artifacts(target, precision)
     except EdgeportError as e:
         raise fail(e) from None
@@ -208,7 +213,7 @@ def compress_command(
         cfg = load(config, **{"model.source": model})
         if not cfg.compress:
             raise ConfigError(f"{config}: no [[compress]] steps to run")
-        with progress_listener(err, verbose) as listener:
+        with progress_listener(err, verbose, cfg.run_dir) as listener:
             job = Run(cfg, listener)
             job.model  # runs the chain
             final = job.compressed_path
@@ -242,7 +247,7 @@ def verify(
     try:
         cfg = load(config)
         loaded = [Artifact.load(p) for p in artifacts]
-        with progress_listener(err, verbose) as listener:
+        with progress_listener(err, verbose, cfg.run_dir) as listener:
             job = Run(cfg, listener)
             reports = [job.verify(a) for a in loaded]
     except EdgeportError as e:
@@ -274,7 +279,8 @@ def bench(
     min_seconds: Annotated[float, typer.Option(help="and at least this long")] = 2.0,
     warmup: Annotated[int, typer.Option(help="untimed runs first")] = 10,
     hint: Annotated[str, typer.Option(help="OpenVINO INFERENCE_PRECISION_HINT: f32, bf16 or default")] = "f32",
-    output: Annotated[Path, typer.Option("--out", help="results so far, rewritten after every measurement")] = Path("bench.json"),
+    output: Annotated[Optional[Path], typer.Option("--out", help="results so far, rewritten after every measurement "
+                                                   "[default: runs/bench/<UTC time>.json]", show_default=False)] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="samples to feed (.npz, one array per input name); "
                                                  "default: the held-out set of the run the artifact belongs to")] = None,
     as_json: JsonOpt = False,
@@ -283,19 +289,37 @@ def bench(
     """Time artifacts on one or more devices (this machine, a board over SSH, a phone over adb),
     each in a fresh process, with the same harness as `run`."""
     setup_logging(verbose)
+    from edgeport.cli_progress import progress_listener
     from edgeport.devices.remote import bench_many
+    from edgeport.pipeline.stages import Event
 
+    output = output or bench_output()
     results = []
     try:
         settings = {"iterations": iterations, "min_seconds": min_seconds, "warmup": warmup, "threads": threads}
-        for a, b in bench_many(artifacts, device or ["local"], devices_dir, settings, {"hint": hint}, output, data):
-            results.append((a, b))
-            err.print(f"measured {a.label} on {b.device}: p50 {b.p50_ms} ms", highlight=False)
+        total = len(artifacts) * len(device or ["local"])
+        # The log folder beside the results makes their folder, and removes it again if nothing was measured.
+        with progress_listener(err, verbose, output.parent) as listener:
+            listener(Event("progress", "bench", "artifacts", total=total))
+            for a, b in bench_many(artifacts, device or ["local"], devices_dir, settings, {"hint": hint}, output,
+                                   data):
+                results.append((a, b))
+                listener(Event("progress", "bench", "artifacts", f"{a.label} on {b.device}: p50 {b.p50_ms} ms",
+                               total=total, done=len(results)))
     except EdgeportError as e:
         if results:
             show_bench(results, as_json)
         raise fail(e) from None
     show_bench(results, as_json)
+    if not as_json:
+        out.print(f"results:    {output}", highlight=False)
+
+
+def bench_output() -> Path:
+    """Where `edgeport bench` writes without --out: beside the runs, named by the time (UTC)."""
+    from datetime import datetime, timezone
+
+    return Path("runs") / "bench" / f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
 
 
 def show_bench(results, as_json: bool) -> None:
@@ -425,7 +449,7 @@ def calibrate_command(
         from edgeport.pipeline.run import run as run_pipeline
 
         cfg = load(Path(what))
-        with progress_listener(err, verbose) as listener:
+        with progress_listener(err, verbose, cfg.run_dir) as listener:
             result = run_pipeline(cfg, listener, until="verify")
         out.print(verify_table([r.verify for r in result.artifacts if r.verify]))
     except EdgeportError as e:

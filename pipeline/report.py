@@ -7,6 +7,7 @@ import io
 import json
 from pathlib import Path
 
+from edgeport.pipeline import report_html
 from edgeport.types import write_text_atomic
 
 SCHEMA_VERSION = 1
@@ -277,7 +278,7 @@ def write_reports(result) -> dict[str, Path]:
         if r.sensitivity:
             sensitivity_chart(r.sensitivity, f"int8 sensitivity, {r.artifact.label}",
                               result.run_dir / f"sensitivity-{r.artifact.slug}.png")
-    paths = {name: result.run_dir / name for name in ("report.json", "report.md", "results.csv")}
+    paths = {name: result.run_dir / name for name in ("report.json", "report.md", "report.html", "results.csv")}
     png = result.run_dir / "latency_vs_accuracy.png"
     if plot(rows, png):
         paths["plot"] = png
@@ -286,6 +287,8 @@ def write_reports(result) -> dict[str, Path]:
 
         write_search_plots(result.search, result.run_dir)
     write_text_atomic(paths["report.json"], json.dumps(report_json(result), indent=2))
-    write_text_atomic(paths["report.md"], report_md(result, rows))
+    markdown = report_md(result, rows)
+    write_text_atomic(paths["report.md"], markdown)
+    write_text_atomic(paths["report.html"], report_html.render(markdown, result.run_dir))  # the same text, shareable
     write_text_atomic(paths["results.csv"], results_csv(rows))
     return paths

@@ -596,9 +596,11 @@ def run_stages(job: Run, config: RunConfig, until: str) -> RunResult:
         if config.bench.baseline:
             outcome.baseline_bench = job.bench_baseline()
         down: dict[str, str] = {}
-        for r in built:
-            if r.error is None:  # verification failures are timed too: the table shows what they would cost
-                r.bench = job.bench(r, down)
+        timed = [r for r in built if r.error is None]  # verification failures too: the table shows what they cost
+        job.emit(Event("progress", "bench", "artifacts", total=len(timed)))
+        for done, r in enumerate(timed, 1):
+            r.bench = job.bench(r, down)
+            job.emit(Event("progress", "bench", "artifacts", r.label, total=len(timed), done=done))
     if until == "report":
         from edgeport.pipeline.package import package
         from edgeport.pipeline.report import write_reports

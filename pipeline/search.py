@@ -159,7 +159,7 @@ class Search:
         started = time.perf_counter()
         from edgeport.pipeline.executor import make_pool
 
-        candidates = plan(self.config)
+        candidates = self.candidates = plan(self.config)
         for name in dict.fromkeys(c.target for c in candidates):
             targets.get(name)  # a missing runtime fails before any work
         job = self.job
@@ -170,9 +170,11 @@ class Search:
         pool = make_pool(self.search.executor, self.search.workers, self.search.ray_address)
 
         parents_ok = {}
+        self.count()
         for c in candidates:  # wave 1: float exports here (they are the integer candidates' parents)
             if c.precision in FLOAT_PRECISIONS:
                 self.finish(c, self.build_here(c))
+                self.count(c)
         for name in dict.fromkeys(c.target for c in candidates if c.precision not in FLOAT_PRECISIONS):
             fp32 = job.verify(job.build(name, "fp32", base_options(self.config, name)))
             parents_ok[name] = fp32.passed
@@ -183,6 +185,7 @@ class Search:
             plain = next((p for p in wave2 if (p.target, p.precision, p.method) == (c.target, c.precision, c.method)), None)
             if plain is not None and plain.status == "kept":
                 c.status, c.reason = "pruned", "plain int8 with this method already meets the budget"
+        self.count()
         self.in_parallel(pool, self.prune_orphans([c for c in wave3 if c.status == "pending"], parents_ok))
 
         kept = [c for c in candidates if c.status == "kept"]
@@ -210,6 +213,12 @@ class Search:
             return {"error": result.error, "log": result.log}
         return {"path": str(artifact.root.relative_to(self.job.run_dir)), "verify": report.summary()}
 
+    def count(self, last: Candidate | None = None) -> None:
+        """Candidates decided so far (built and judged, failed or pruned) of all planned."""
+        done = sum(c.status != "pending" for c in self.candidates)
+        self.emit(Event("progress", "search", "candidates", f"{last.label}: {last.status}" if last else "",
+                        total=len(self.candidates), done=done))
+
     def prune_orphans(self, wave: list[Candidate], parents_ok: dict) -> list[Candidate]:
         for c in wave:
             if not parents_ok.get(c.target, True):
@@ -228,6 +237,7 @@ class Search:
             self.built += result.get("built", [])
             self.finish(c, result)
             self.emit(Event("done", "search", c.label, detail=c.status))
+            self.count(c)
 
     def finish(self, c: Candidate, result: dict) -> None:
         """Record a built candidate and judge it against the budget on held-out data."""
@@ -258,15 +268,16 @@ class Search:
             results[c.label].verify = job.verify(results[c.label].artifact)
 
         def on_device(entry, profile) -> None:
-            for c in timed:
+            measured = [c for c in timed if not profile.runtimes or results[c.label].artifact.target in profile.runtimes]
+            self.emit(Event("progress", "bench", profile.name, total=len(measured)))
+            for done, c in enumerate(measured, 1):
                 r = results[c.label]
-                if profile.runtimes and r.artifact.target not in profile.runtimes:
-                    continue
                 options = job.runtime_variants(r.artifact)[0]
                 bench = job.bench_on(entry, profile, r.artifact, options)
                 r.bench.append(bench)
                 if profile.name == self.search.device:
                     c.p50_ms = bench.p50_ms
+                self.emit(Event("progress", "bench", profile.name, c.label, total=len(measured), done=done))
 
         with ThreadPoolExecutor(len(pairs)) as threads:
             for future in [threads.submit(on_device, e, p) for e, p in pairs]:

@@ -16,6 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from edgeport.progress import reporting
 from edgeport.types import write_text_atomic
 
 T = TypeVar("T")
@@ -43,7 +44,8 @@ def key_hash(key: Any) -> str:
 
 @dataclass
 class Event:
-    """What the pipeline reports; the CLI turns these into progress bars, the library prints nothing."""
+    """What the pipeline reports; the CLI turns these into progress bars, the library prints nothing.
+    A "progress" event counts the steps of a long loop: `done` of `total`."""
 
     kind: Literal["plan", "start", "done", "cached", "progress", "warning"]
     stage: str
@@ -51,6 +53,7 @@ class Event:
     detail: str = ""
     total: int = 0
     seconds: float = 0.0
+    done: int = 0
 
 
 Listener = Callable[[Event], None]
@@ -71,6 +74,10 @@ class Stages:
         self.rebuild = rebuild
         self.built: list[str] = []  # rel paths built in this run (not cache hits)
 
+    def counter(self, stage: str, rel: str):
+        """Where a loop inside this stage reports its counts (`edgeport.progress.report`)."""
+        return lambda done, total, detail: self.emit(Event("progress", stage, rel, detail, total=total, done=done))
+
     def folder(self, stage: str, rel: str, key: Any, build: Callable[[Path], None], load: Callable[[Path], T]) -> T:
         """A stage whose output is a folder: reuse it when its stamp holds the same key."""
         final = self.run_dir / rel
@@ -86,7 +93,8 @@ class Stages:
         remove_dead_partials(final)
         partial.mkdir(parents=True)
         try:
-            build(partial)
+            with reporting(self.counter(stage, rel)):
+                build(partial)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)  # a failed build leaves nothing behind
             raise
@@ -112,7 +120,8 @@ class Stages:
                 return saved["result"]
         self.emit(Event("start", stage, rel))
         started = time.perf_counter()
-        result = compute()
+        with reporting(self.counter(stage, rel)):
+            result = compute()
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, json.dumps({"key": digest, "result": result}, indent=2, default=str))
         self.built.append(rel)

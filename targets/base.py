@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from edgeport.errors import ConfigError
+from edgeport.progress import report
 from edgeport.types import Artifact, CalibrationSet, FileRecord, TensorSpec
 
 
@@ -164,9 +165,11 @@ def keep_sensitive_in_float(reference: list[np.ndarray], current, rank_layers, r
     limit = int(options.get("max_float_layers", 4))
     ranking: list[dict] | None = None
     kept, excluded, history = [], [], []
+    steps = max(limit - 1, 0).bit_length() + 2  # at most: 0, 1, 2, 4, ... limit layers in float
     while True:
         met, measured = calibration_verdict(reference, current(), labels, options, names)
         history.append({"float_layers": list(kept), **measured})
+        report(len(history), steps, f"accuracy-aware: {len(kept)} layer(s) in float, cosine {measured['cosine']:.5f}")
         if met or len(kept) >= limit:
             break
         ranking = ranking if ranking is not None else [r for r in rank_layers() if r["nodes"]]

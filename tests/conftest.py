@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import os
+import re
 import textwrap
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+PROGRESS_LINE = re.compile(r"^\[\d\d:\d\d:\d\d\] ")  # the CLI's stage lines when stderr is not a terminal
+
+
+def message_lines(output: str) -> list[str]:
+    """CLI output without blank lines and the timestamped stage lines shown before an error."""
+    return [ln for ln in output.splitlines() if ln.strip() and not PROGRESS_LINE.match(ln)]
 
 
 @pytest.fixture(scope="session", autouse=True)

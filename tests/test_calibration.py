@@ -11,7 +11,7 @@ from edgeport import load_config, run
 from edgeport.calibration.digits import digits_split
 from edgeport.cli import app
 from edgeport.pipeline.run import Run
-from tests.conftest import write_config
+from tests.conftest import message_lines, write_config
 
 PRE = "preprocessing = { scale = 0.00392156862745098, channel_order = \"gray\", layout = \"NCHW\" }\n"
 ORT_INT8 = '[targets.onnxruntime]\nprecisions = ["int8"]\n'
@@ -28,7 +28,7 @@ def write_digit_folders(root, images: np.ndarray, labels: np.ndarray) -> None:
 def one_line_error(tmp_path, data: str, pattern: str, targets: str = ORT_INT8):
     out = CliRunner().invoke(app, ["run", str(write_config(tmp_path, data=data, targets=targets))])
     assert out.exit_code == 2, out.output
-    lines = [ln for ln in out.output.splitlines() if ln.strip()]
+    lines = message_lines(out.output)
     assert len(lines) == 1 and pattern in lines[0], out.output
 
 

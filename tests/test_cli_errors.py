@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgeport.cli import app
-from tests.conftest import write_config
+from tests.conftest import message_lines, write_config
 
 runner = CliRunner()
 
@@ -19,7 +19,7 @@ def invoke(*args):
 
 def assert_one_line_error(code, output, pattern):
     assert code == 2, output
-    lines = [ln for ln in output.splitlines() if ln.strip()]
+    lines = message_lines(output)
     assert len(lines) == 1, output
     assert lines[0].startswith("error:")
     assert pattern in lines[0], lines[0]

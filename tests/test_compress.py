@@ -17,7 +17,7 @@ from edgeport.pipeline.compress.measure import macs, parameters, sizes
 from edgeport.pipeline.interchange import export_onnx
 from edgeport.pipeline.model_loading import LoadedModel, state_digest
 from edgeport.types import CalibrationSet, TensorSpec
-from tests.conftest import REPO, write_config
+from tests.conftest import REPO, message_lines, write_config
 from tests.models import residual_net, wide_mlp, wide_mlp_inputs
 
 IMAGE = [TensorSpec(name="image", shape=["batch", 1, 8, 8])]
@@ -139,7 +139,7 @@ def run_cli(tmp_path, body: str):
 def test_bad_compression_configs_are_one_line(tmp_path, body, message):
     out = run_cli(tmp_path, body)
     assert out.exit_code == 2, out.output
-    lines = [ln for ln in out.output.splitlines() if ln.strip()]
+    lines = message_lines(out.output)
     assert len(lines) == 1 and message in lines[0], out.output
 
 

@@ -14,7 +14,6 @@ from edgeport.pipeline.compress import CompressContext, compress
 from edgeport.pipeline.compress.measure import macs, parameters, sizes
 from edgeport.pipeline.config import ModelConfig
 from edgeport.pipeline.model_loading import LoadedModel, load_model, save_program
-from edgeport.pipeline.stages import Event
 from edgeport.metrics import accuracy
 from edgeport.pipeline.verify import reference_outputs
 from edgeport.types import sha256_file
@@ -87,10 +86,8 @@ def run_chain(job) -> tuple[LoadedModel, list[dict], Path]:
 
         def build(out: Path, step=step, parent=parent) -> None:
             module = torch.load(str(parent), weights_only=False)
-            context = CompressContext(
-                inputs=specs, calibration=calibration, teacher=original.module, base_dir=job.config.base_dir,
-                progress=lambda message: job.emit(Event("progress", "compress", detail=message)),
-            )
+            context = CompressContext(inputs=specs, calibration=calibration, teacher=original.module,
+                                      base_dir=job.config.base_dir)
             new, notes = compress(module, step, context)
             save(new, out)
             (out / "notes.json").write_text(json.dumps(notes, indent=2, default=str))

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,6 @@ class CompressContext:
     calibration: CalibrationSet  # unlabelled samples, e.g. for Taylor importance
     teacher: torch.nn.Module  # the original model
     base_dir: Path  # where relative paths in the config resolve from
-    progress: Callable[[str], None] = field(default=lambda message: None)
 
     def example_inputs(self, batch: int = 1) -> tuple[torch.Tensor, ...]:
         return tuple(torch.zeros(s.concrete_shape(batch), dtype=getattr(torch, s.dtype)) for s in self.inputs)

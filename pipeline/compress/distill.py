@@ -11,6 +11,7 @@ from torch import nn
 from edgeport.errors import ConfigError, DataError
 from edgeport.pipeline.compress.configs import Distill
 from edgeport.pipeline.compress.context import CompressContext
+from edgeport.progress import report
 
 
 def training_data(config: Distill, context: CompressContext) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
@@ -77,6 +78,7 @@ def distill(model: nn.Module, config: Distill, context: CompressContext):
     steps = config.epochs * -(-len(train_idx) // config.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps)
     best_score, best_state, history = evaluate(), copy.deepcopy(model.state_dict()), []
+    report(0, config.epochs, "distilling")
     for epoch in range(config.epochs):
         model.train()
         for batch in torch.from_numpy(rng.permutation(train_idx)).split(config.batch_size):
@@ -92,7 +94,7 @@ def distill(model: nn.Module, config: Distill, context: CompressContext):
         history.append(round(score[0], 4))
         if score > best_score:
             best_score, best_state = score, copy.deepcopy(model.state_dict())
-        context.progress(f"distill epoch {epoch + 1}/{config.epochs}: validation {score[0]:.2%} (best {best_score[0]:.2%})")
+        report(epoch + 1, config.epochs, f"distill epoch {epoch + 1}: validation {score[0]:.2%} (best {best_score[0]:.2%})")
     model.load_state_dict(best_state)
     return model.eval(), {"validation_score": best_score[0], "history": history, "alpha": alpha,
                           "train_samples": len(train_idx), "validation_samples": n_val}
