@@ -36,6 +36,10 @@ class DeviceError(EdgeportError):
     """A device could not be reached or a command on it failed."""
 
 
+class BundleError(EdgeportError):
+    """A bundle is malformed, tampered with, or unsafe to unpack."""
+
+
 class VerificationError(EdgeportError):
     """An export does not compute what the original did (outside tolerance)."""
 

@@ -15,14 +15,10 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from edgeport.errors import EdgeportError
+from edgeport.errors import BundleError, EdgeportError
 from edgeport.types import Artifact, FileRecord, TensorSpec, sha256_file
 
 FIXED_TIME = 315532800  # 1980-01-01, the earliest time a zip entry can hold
-
-
-class BundleError(EdgeportError):
-    """A bundle is malformed, tampered with, or unsafe to unpack."""
 
 
 def archive_kind(path: Path) -> str | None:
