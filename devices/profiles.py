@@ -22,6 +22,17 @@ from edgeport.validation import explain
 Runtime = Literal["onnxruntime", "openvino", "tflite"]
 
 
+def plain_word(value: str | None, tool: str, what: str) -> str | None:
+    """A value `tool` gets as an argument of its own: never an option, never more than one word."""
+    if value is None:
+        return value
+    if value.startswith("-"):
+        raise ValueError(f"{value!r} must not start with '-' ({tool} would read it as an option); give {what}")
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError(f"{value!r} holds whitespace or control characters; give {what}")
+    return value
+
+
 class BaseProfile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -57,6 +68,13 @@ class SshProfile(BaseProfile):
     connect_timeout: int = Field(10, gt=0, description="seconds to wait for the device to answer")
     options: dict[str, str] = Field(default_factory=dict, description="extra `ssh -o Key=Value` options")
 
+    @field_validator("host", "ssh_alias", "user")
+    @classmethod
+    def not_an_option(cls, value: str | None, info) -> str | None:
+        what = {"host": "a host name or address", "ssh_alias": "a Host entry of ~/.ssh/config",
+                "user": "a user name"}[info.field_name]
+        return plain_word(value, "ssh", what)
+
     @field_validator("options")
     @classmethod
     def option_names(cls, options: dict[str, str]) -> dict[str, str]:
@@ -84,6 +102,11 @@ class AdbProfile(BaseProfile):
         description="path on the device of TFLite's benchmark_model binary (used for tflite artifacts)")
     python: str = Field("", description="a Python on the device (e.g. Termux) to run the runner instead; empty = none")
     workdir: str = "/data/local/tmp/edgeport"
+
+    @field_validator("serial")
+    @classmethod
+    def not_an_option(cls, value: str | None) -> str | None:
+        return plain_word(value, "adb", "the serial `adb devices` lists")
 
     @property
     def address(self) -> str:
