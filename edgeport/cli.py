@@ -373,6 +373,9 @@ def package_command(
     target: Annotated[Optional[list[str]], typer.Option("--target", "-t", help="only this target (repeatable)")] = None,
     precision: Annotated[Optional[list[str]], typer.Option("--precision", "-p", help="these precisions")] = None,
     output: Annotated[Optional[Path], typer.Option("--out", help="a folder, or FILE.tar.gz / FILE.zip")] = None,
+    strict: Annotated[Optional[bool], typer.Option("--strict/--no-strict", help="with `verify`: fail on files the "
+                                                   "manifest does not list and on links (default: on for archives, "
+                                                   "whose unlisted entries are never unpacked)")] = None,
 ) -> None:
     """Bundle verified artifacts for an app (`package RUN`), or check one (`package verify BUNDLE`)."""
     from edgeport.pipeline.bundle_io import verify_bundle
@@ -382,7 +385,9 @@ def package_command(
         if run_dir == "verify":
             if bundle is None:
                 raise EdgeportError("usage: edgeport package verify BUNDLE")
-            manifest = verify_bundle(bundle)
+            manifest, warnings = verify_bundle(bundle, strict)
+            for warning in warnings:
+                err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
             out.print(f"[green]ok[/green] {bundle}: {manifest['target']} {manifest['precision']}, "
                       f"{len(manifest['files'])} files match the manifest; the model loads and takes the recorded inputs",
                       highlight=False)

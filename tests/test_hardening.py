@@ -139,7 +139,10 @@ def test_an_unlisted_entry_is_refused_before_extracting(finished_run, tmp_path, 
     archive = pack(bundle, tmp_path / ("bomb.zip" if pack is zip_with_extra else "bomb.tar.gz"), "zeros.bin", BOMB)
     assert archive.stat().st_size < BOMB // 50
     code, output = invoke("package", "verify", archive)
-    assert code == 2 and "zeros.bin is not listed in manifest.json" in error_line(output)
+    # a zip's directory comes first: the entry is named as unlisted; a tar.gz's header is refused
+    # for its size against the archive's before its data is read
+    expected = "zeros.bin is not listed in manifest.json" if pack is zip_with_extra else "zeros.bin compresses"
+    assert code == 2 and expected in error_line(output)
     dest = tmp_path / "dest"
     dest.mkdir()
     with pytest.raises(BundleError):
