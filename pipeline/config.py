@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -12,7 +12,9 @@ from edgeport import targets
 from edgeport.errors import ConfigError, did_you_mean
 from edgeport.validation import explain
 from edgeport.pipeline.compress.configs import CompressConfig
-from edgeport.types import TensorSpec
+from edgeport.types import Precision, TensorSpec
+
+PRECISIONS = get_args(Precision)
 
 
 class Strict(BaseModel):
@@ -132,11 +134,13 @@ TARGET_OPTIONS: dict[str, type[BaseModel]] = {
 
 
 class Tolerance(Strict):
-    min_cosine: float | None = None
-    min_sqnr_db: float | None = None
-    max_abs: float | None = None
-    min_top1_agreement: float | None = None
-    max_accuracy_drop: float | None = Field(None, description="percentage points below the PyTorch model")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    min_cosine: float | None = Field(None, ge=-1, le=1)
+    min_sqnr_db: float | None = Field(None, le=300, description="dB; identical outputs score 300")
+    max_abs: float | None = Field(None, ge=0)
+    min_top1_agreement: float | None = Field(None, ge=0, le=1, description="a fraction")
+    max_accuracy_drop: float | None = Field(None, ge=0, le=100, description="percentage points below the PyTorch model")
 
 
 DEFAULT_TOLERANCES = {
@@ -148,7 +152,16 @@ DEFAULT_TOLERANCES = {
 
 class VerifyConfig(Strict):
     batch: int = Field(64, gt=0)
-    tolerances: dict[str, Tolerance] = Field(default_factory=dict)
+    tolerances: dict[str, Tolerance] = Field(default_factory=dict, description="[verify.tolerances.PRECISION]")
+
+    @field_validator("tolerances")
+    @classmethod
+    def known_precisions(cls, tolerances: dict[str, Tolerance]) -> dict[str, Tolerance]:
+        for precision in tolerances:
+            if precision not in PRECISIONS:
+                raise ValueError(f"unknown precision {precision!r}{did_you_mean(precision, PRECISIONS)}; "
+                                 f"[verify.tolerances.X] takes {', '.join(PRECISIONS)}")
+        return tolerances
 
     def tolerance(self, precision: str) -> Tolerance:
         default = DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["int8"])
