@@ -37,11 +37,46 @@ def check_arrays(inputs: dict[str, np.ndarray], specs: list[TensorSpec], where: 
             raise DataError(f"{where}: no array for model input {spec.name!r} (found {', '.join(inputs) or 'none'})")
         array = inputs[spec.name]
         want = tuple(spec.concrete_shape()[1:])
-        if tuple(array.shape[1:]) != want:
+        if array.dtype.kind not in "biuf":
+            raise DataError(f"{where}: input {spec.name!r} is stored as {array.dtype}; give numbers ({spec.dtype})")
+        if array.ndim != len(spec.shape) or tuple(array.shape[1:]) != want:
             raise DataError(f"{where}: input {spec.name!r} samples have shape {list(array.shape[1:])}, the model takes {list(want)}")
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             bad = int((~np.isfinite(array)).sum())
             raise DataError(f"{where}: input {spec.name!r} holds {bad} NaN or Inf value(s); calibration needs finite data")
+    counts = {name: len(inputs[name]) for name in (s.name for s in specs)}
+    if len(set(counts.values())) > 1:
+        raise DataError(f"{where}: the inputs hold different numbers of samples "
+                        f"({', '.join(f'{k} {v}' for k, v in counts.items())}); give each the same")
+    if not any(counts.values()):
+        raise DataError(f"{where}: no samples (the arrays are empty)")
+
+
+def check_labels(labels, total: int, where: str) -> np.ndarray | None:
+    """One class index (an integer >= 0) per sample; anything else would give a silent, wrong accuracy."""
+    if labels is None:
+        return None
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.dtype.kind in "USO":
+        shown = ", ".join(repr(str(v)) for v in labels.ravel()[:2])
+        raise DataError(f"{where}: the labels are strings ({shown}, …); store class indices instead "
+                        "(integers 0..N-1, in the order of the model's outputs and of model.labels)")
+    if labels.ndim != 1:
+        raise DataError(f"{where}: labels have shape {list(labels.shape)}; give one class index per sample, shape [{total}]")
+    if len(labels) != total:
+        raise DataError(f"{where}: {len(labels)} labels for {total} samples; give one class index per sample")
+    if labels.dtype.kind == "f" and np.isfinite(labels).all() and (labels == np.round(labels)).all():
+        labels = labels.astype(np.int64)
+    elif labels.dtype.kind == "b":
+        labels = labels.astype(np.int64)
+    if labels.dtype.kind not in "iu":
+        raise DataError(f"{where}: the labels are {labels.dtype} values that are not whole numbers; "
+                        "store class indices (integers 0..N-1)")
+    if total and labels.min() < 0:
+        raise DataError(f"{where}: the labels hold {int(labels.min())}; class indices start at 0")
+    return labels
 
 
 def read_npy(path: Path, specs: list[TensorSpec]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
@@ -143,6 +178,7 @@ def build_sets(
         where = str(path or function)
         check_arrays(arrays, specs, where)
         total = len(next(iter(arrays.values())))
+        labels = check_labels(labels, total, where)
         if eval_path is not None:
             if calibration_samples > total:
                 raise DataError(f"{where}: {total} samples found; asked for {calibration_samples} calibration samples")
@@ -150,7 +186,9 @@ def build_sets(
             calib = {k: v[cal_idx] for k, v in arrays.items()}
             ev_arrays, ev_labels = read_pool(source, eval_path, specs, preprocessing, function, 100_000, base_dir)
             check_arrays(ev_arrays, specs, str(eval_path))
-            n_eval = min(eval_samples or len(next(iter(ev_arrays.values()))), len(next(iter(ev_arrays.values()))))
+            ev_total = len(next(iter(ev_arrays.values())))
+            ev_labels = check_labels(ev_labels, ev_total, str(eval_path))
+            n_eval = min(eval_samples or ev_total, ev_total)
             evaluation = {k: v[:n_eval] for k, v in ev_arrays.items()}
             eval_labels = ev_labels[:n_eval] if ev_labels is not None else None
             check_disjoint(calib, evaluation)
