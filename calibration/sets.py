@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeport.errors import DataError
+from edgeport.errors import DataError, first_line
 from edgeport.types import CalibrationSet, TensorSpec
 
 log = logging.getLogger("edgeport")
@@ -116,16 +116,28 @@ def read_callable(target: str, specs: list[TensorSpec], wanted: int, base_dir: P
         function = getattr(module, attr)
     except (ImportError, AttributeError) as e:
         raise DataError(f"data.function {target!r}: {e}") from e
-    samples = list(itertools.islice(function(), wanted))
+    except Exception as e:  # the user's module raised while it was imported: theirs to fix, kept as the cause
+        raise DataError(f"data.function {target!r}: importing {module_name} raised {e.__class__.__name__}: "
+                        f"{first_line(e)}") from e
+    try:
+        samples = list(itertools.islice(function(), wanted))
+    except Exception as e:  # the user's generator raised: theirs to fix, kept as the cause
+        raise DataError(f"data.function {target!r} raised {e.__class__.__name__}: {first_line(e)}") from e
     if not samples or not all(isinstance(s, dict) for s in samples):
         raise DataError(f"data.function {target!r} must yield dicts of input name -> array")
     arrays = {}
     for s in specs:
-        if s.name not in samples[0]:
+        if not all(s.name in x for x in samples):
             raise DataError(f"data.function {target!r}: its dicts have no {s.name!r} (found {', '.join(samples[0])})")
         rank = len(s.shape)
-        arrays[s.name] = np.concatenate([np.asarray(x[s.name])[None] if np.ndim(x[s.name]) == rank - 1
-                                         else np.asarray(x[s.name]) for x in samples]).astype(s.dtype)
+        try:
+            arrays[s.name] = np.concatenate([np.asarray(x[s.name])[None] if np.ndim(x[s.name]) == rank - 1
+                                             else np.asarray(x[s.name]) for x in samples]).astype(s.dtype)
+        except (ValueError, TypeError) as e:
+            raise DataError(f"data.function {target!r}: its {s.name!r} arrays do not stack into {s.dtype} samples "
+                            f"of one shape ({first_line(e)})") from e
+    if "labels" in samples[0] and not all("labels" in x for x in samples):
+        raise DataError(f"data.function {target!r}: some of its dicts have labels and some do not")
     labels = np.asarray([x["labels"] for x in samples]).reshape(-1) if "labels" in samples[0] else None
     return arrays, labels
 
