@@ -15,6 +15,7 @@ from edgeport.pipeline.compress.configs import CompressConfig
 from edgeport.types import Precision, TensorSpec
 
 PRECISIONS = get_args(Precision)
+INPUT_DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool")
 
 
 class Strict(BaseModel):
@@ -47,10 +48,21 @@ class ModelConfig(Strict):
     @field_validator("inputs")
     @classmethod
     def one_dynamic_dim_at_most(cls, specs: list[TensorSpec]) -> list[TensorSpec]:
+        if not specs:
+            raise ValueError("give at least one input")
         for spec in specs:
             dynamic = [d for d in spec.shape if isinstance(d, str)]
             if len(dynamic) > 1 or (dynamic and not isinstance(spec.shape[0], str)):
                 raise ValueError(f"input {spec.name}: only the first (batch) dimension may be dynamic")
+            if not spec.shape or any(isinstance(d, int) and d < 1 for d in spec.shape):
+                raise ValueError(f"input {spec.name}: shape {spec.shape} needs at least one dimension, each a size "
+                                 "of at least 1 or a name (\"batch\")")
+            if spec.dtype not in INPUT_DTYPES:
+                raise ValueError(f"input {spec.name}: dtype {spec.dtype!r} is not one of {', '.join(INPUT_DTYPES)}"
+                                 f"{did_you_mean(spec.dtype, INPUT_DTYPES)}")
+        names = [spec.name for spec in specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"input names must differ (got {', '.join(names)})")
         return specs
 
 
