@@ -9,7 +9,6 @@ file's stem.
 from __future__ import annotations
 
 import os
-import tomllib
 from importlib.resources import files
 from pathlib import Path
 from typing import Literal
@@ -17,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgeport.errors import ConfigError, did_you_mean
-from edgeport.validation import explain
+from edgeport.validation import explain, read_toml
 
 Runtime = Literal["onnxruntime", "openvino", "tflite"]
 
@@ -120,7 +119,7 @@ SCHEMAS: dict[str, type[BaseProfile]] = {"local": LocalProfile, "ssh": SshProfil
 def parse_profile(data: dict, where: str, default_name: str) -> DeviceProfile:
     """Validate one profile mapping; every problem is one ConfigError line naming the file."""
     transport = data.get("transport", "local")
-    schema = SCHEMAS.get(transport)
+    schema = SCHEMAS.get(transport) if isinstance(transport, str) else None
     if schema is None:
         raise ConfigError(f"{where}: transport {transport!r} is not one of local, ssh, adb{did_you_mean(str(transport), SCHEMAS)}")
     try:
@@ -130,11 +129,7 @@ def parse_profile(data: dict, where: str, default_name: str) -> DeviceProfile:
 
 
 def read_profile(path: Path) -> DeviceProfile:
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: malformed TOML: {e}") from None
-    return parse_profile(data, str(path), path.stem)
+    return parse_profile(read_toml(path), str(path), path.stem)
 
 
 def builtin_dir() -> Path:

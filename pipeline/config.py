@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -10,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edgeport import targets
 from edgeport.errors import ConfigError, did_you_mean
-from edgeport.validation import explain
+from edgeport.validation import explain, read_toml
 from edgeport.pipeline.compress.configs import CompressConfig
 from edgeport.types import Precision, TensorSpec
 
@@ -307,10 +306,7 @@ def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> Ru
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: malformed TOML: {e}") from None
+    data = read_toml(path)
     for dotted, value in (overrides or {}).items():
         if value is not None:
             set_dotted(data, dotted, value)
