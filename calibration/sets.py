@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -82,17 +83,24 @@ def check_labels(labels, total: int, where: str) -> np.ndarray | None:
 def read_npy(path: Path, specs: list[TensorSpec]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise DataError(f"{path}: not a readable .npy/.npz file ({e})") from None
-    if isinstance(loaded, np.ndarray):
+    arrays = read_arrays(path)
+    if not isinstance(arrays, dict):
         if len(specs) != 1:
             raise DataError(f"{path}: a .npy file feeds one input; the model has {len(specs)}: use .npz keyed by input name")
-        return {specs[0].name: loaded}, None
-    arrays = {k: loaded[k] for k in loaded.files}
+        return {specs[0].name: arrays}, None
     labels = arrays.pop("labels", None)
     return arrays, labels
+
+
+def read_arrays(path: Path) -> np.ndarray | dict[str, np.ndarray]:
+    """A .npy file's array or a .npz file's arrays, read in full (a truncated file fails here)."""
+    try:
+        with open(path, "rb") as f:
+            loaded = np.load(f, allow_pickle=False)
+            return {k: loaded[k] for k in loaded.files} if isinstance(loaded, np.lib.npyio.NpzFile) else loaded
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # what numpy and zipfile raise on damage
+        raise DataError(f"{path}: not a readable .npy/.npz file ({first_line(e)}); save it with numpy.save or "
+                        "numpy.savez (no pickled objects)") from e
 
 
 def read_callable(target: str, specs: list[TensorSpec], wanted: int, base_dir: Path):
@@ -253,7 +261,9 @@ def save_set(dataset: CalibrationSet, path: Path) -> None:
 
 
 def load_set(path: Path) -> CalibrationSet:
-    with np.load(path, allow_pickle=False) as f:
-        inputs = {k.removeprefix("input:"): f[k] for k in f.files if k.startswith("input:")}
-        labels = f["labels"] if "labels" in f.files else None
-        return make_set(inputs, labels, str(f["_source"]), int(f["_seed"]))
+    try:
+        arrays = read_arrays(path)
+        inputs = {k.removeprefix("input:"): v for k, v in arrays.items() if k.startswith("input:")}
+        return make_set(inputs, arrays.get("labels"), str(arrays["_source"]), int(arrays["_seed"]))
+    except (DataError, KeyError, AttributeError) as e:
+        raise DataError(f"{path}: the cached data set is damaged ({first_line(e)}); run again with --rebuild") from e
