@@ -220,3 +220,35 @@ def test_string_labels_are_refused(finished_run, tmp_path):
     code, output = invoke("run", config)
     line = error_line(output)
     assert code == 2 and "labels" in line and "strings" in line and "class indices" in line
+
+
+# --- two runs of one run folder
+
+
+@pytest.mark.onnxruntime
+def test_a_second_run_of_the_same_folder_is_refused_and_a_dead_ones_lock_is_taken_over(finished_run, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = copy_run(finished_run, tmp_path)
+    slow = tmp_path / "slow.toml"  # the same run folder, benchmarking for a minute
+    slow.write_text(config.read_text().replace("min_seconds = 0.0", "min_seconds = 60.0"))
+    lock = tmp_path / "runs" / "t" / ".lock"
+    first = subprocess.Popen([sys.executable, "-m", "edgeport", "run", str(slow)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (lock.is_file() and lock.read_text().strip() == str(first.pid)):
+            assert first.poll() is None and time.monotonic() < deadline, "the first run never took the lock"
+            time.sleep(0.05)
+        code, output = invoke("run", config)
+        assert code == 2 and f"in use by another edgeport process (pid {first.pid})" in error_line(output)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    assert lock.read_text().strip() == str(first.pid)  # a killed run leaves its pid behind
+    code, output = invoke("run", config)
+    assert code == 0, output
