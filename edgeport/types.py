@@ -143,6 +143,8 @@ class Artifact(BaseModel):
             raise ArtifactIntegrityError(
                 f"{meta} is truncated or not an artifact record ({where}: {first['msg']}); rebuild the artifact "
                 "(edgeport export, or run --rebuild)") from e
+        if not artifact.files:
+            raise ArtifactIntegrityError(f"{meta} lists no files; rebuild the artifact (edgeport export, or run --rebuild)")
         for record in artifact.files:
             parts = Path(record.path).parts
             if not parts or Path(record.path).is_absolute() or ".." in parts:

@@ -122,7 +122,7 @@ def load_file(path: Path, trust: bool) -> torch.nn.Module:
     if kind == "torchscript":
         try:
             return torch.jit.load(str(path), map_location="cpu")
-        except RuntimeError as e:
+        except Exception as e:  # torch raises several kinds for a damaged archive (RuntimeError, UnicodeDecodeError)
             raise ConfigError(f"{path} is a TorchScript archive that does not load ({first_line(e)}); "
                               "save it again with torch.jit.save") from e
     if not trust:

@@ -109,8 +109,13 @@ class Stages:
         partial = final.with_name(f".{final.name}.partial-{os.getpid()}")
         remove_dead_partials(final)
         partial.mkdir(parents=True)
-        build(partial)
-        write_text_atomic(partial / STAMP, json.dumps({"key": digest, "stage": stage, "inputs": key}, indent=2, default=str))
+        try:
+            build(partial)
+            write_text_atomic(partial / STAMP, json.dumps({"key": digest, "stage": stage, "inputs": key}, indent=2,
+                                                          default=str))
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)  # a failed build leaves nothing behind
+            raise
         if not self.rebuild and saved_key(stamp) == digest:
             shutil.rmtree(partial)  # another worker finished the same stage first
         else:  # --rebuild replaces what is there, even with the same key: it may fail its hashes
