@@ -148,6 +148,10 @@ def package(run_dir: Path, targets: list[str] | None = None, precisions: list[st
     if not chosen:
         raise ConfigError(f"{run_dir}: no artifact passed verification; nothing to package")
     kind = archive_kind(out) if out else None
+    if out is not None:
+        from edgeport.pipeline.preflight import writable_folder
+
+        writable_folder(out.parent if kind else out, "the bundle folder", "give --out a folder you can write")
     if kind and len(chosen) > 1:
         raise ConfigError(f"--out {out} names one archive but {len(chosen)} bundles were chosen; "
                           "pick one with --target/--precision or give a folder")

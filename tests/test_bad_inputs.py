@@ -646,7 +646,19 @@ def _bundle_package_target_typo(folder, finished):
     return ["package", finished.run_dir, "--target", "onnxruntme", "--out", folder / "b.zip"]
 
 
+@case("cannot create the bundle folder")
+def _bundle_package_out_under_a_file(folder, finished):
+    (folder / "a-file").write_text("x")
+    return ["package", finished.run_dir, "--out", folder / "a-file" / "bundles"]
+
+
 # --- the command line: every bound the config has, on the options too
+
+
+@case("give a file in an existing folder")
+def _cli_bench_out_in_a_missing_folder(folder, finished):
+    return ["bench", finished.artifacts[0].artifact.root, "--out", folder / "nope" / "bench.json"]
+
 
 
 for _id, _args, _message in [
