@@ -464,7 +464,8 @@ def package_command(
     made = package(Path(run_dir), target, precision, output)
     if as_json:
         out.print_json(json.dumps([str(path) for path in made]))
-    for path in [] if as_json else made:
+        return
+    for path in made:
         out.print(f"bundle: {path}", highlight=False)
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import socket
 import tarfile
 import zipfile
 from pathlib import Path
@@ -19,6 +18,7 @@ from typer.testing import CliRunner
 
 from edgeport.cli import app
 from tests.conftest import copy_run, fast_config
+from tests.sshd import free_port
 
 pytestmark = pytest.mark.onnxruntime
 
@@ -104,12 +104,6 @@ def profile(folder: Path, text: str, name: str = "dev") -> list:
     devices.mkdir(exist_ok=True)
     (devices / f"{name}.toml").write_text(text)
     return ["devices", "check", name, "--devices-dir", devices]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- config (run --dry-run: nothing is loaded or built)
