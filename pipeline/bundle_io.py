@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from edgeport.errors import BundleError, EdgeportError
+from edgeport.errors import BundleError, EdgeportError, first_line
 from edgeport.types import Artifact, FileRecord, TensorSpec, sha256_file
 
 FIXED_TIME = 315532800  # 1980-01-01, the earliest time a zip entry can hold
@@ -230,8 +230,12 @@ def admit(entries: list[Entry], prefix: str, manifest: dict, archive: Path, stri
 
 def copy_capped(source, target: Path, size: int, archive: Path) -> None:
     """Write at most `size` bytes of `source` to a new file `target`."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target, "xb") as out:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        out = open(target, "xb")
+    except OSError as e:  # e.g. an entry `a` and an entry `a/b`
+        raise BundleError(f"{archive}: cannot unpack {target.name}: {e.strerror}; entries clash") from e
+    with out:
         left = size
         while block := source.read(min(left + 1, 1 << 20)):
             left -= len(block)
@@ -276,8 +280,7 @@ def safe_extract(archive: Path, dest: Path, strict: bool = True) -> tuple[Path, 
                         copy_capped(tar.extractfile(member), dest / name, member.size, archive)
                         wanted.discard(name)  # a second member of that name is never written
     except UNREADABLE as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        raise BundleError(f"{archive}: not a readable {kind} archive, truncated or corrupt ({reason}); "
+        raise BundleError(f"{archive}: not a readable {kind} archive, truncated or corrupt ({first_line(e)}); "
                           "pack it again with `edgeport package`") from e
     return dest / prefix if prefix else dest, skipped
 

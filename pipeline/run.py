@@ -14,7 +14,7 @@ from edgeport.calibration import build_sets, load_set, save_set
 from edgeport.devices.profiles import DeviceProfile
 from edgeport.devices.transport import Device
 from edgeport.errors import ConfigError, DeviceError, EdgeportError, did_you_mean
-from edgeport.pipeline.config import BenchDevice, RunConfig, to_toml
+from edgeport.pipeline.config import PRECISIONS, BenchDevice, RunConfig, to_toml
 from edgeport.pipeline.interchange import OPSET, export_onnx
 from edgeport.pipeline.model_loading import LoadedModel, load_model
 from edgeport.pipeline.stages import Event, Listener, Stages, key_hash, tool_versions
@@ -78,8 +78,6 @@ def threads_of(config: RunConfig) -> int:
 
 def check_precisions(wanted: list[str], configured: dict[str, list[str]]) -> None:
     """Each precision asked for (export -p) is known and built by one of the chosen targets."""
-    from edgeport.pipeline.config import PRECISIONS
-
     built = sorted({p for ps in configured.values() for p in ps}, key=precision_rank)
     for p in wanted:
         if p not in PRECISIONS:
