@@ -30,6 +30,10 @@ def write_crops(out: Path, calibration: int = 128, evaluation: int = 300, size: 
     photos = load_sample_images().images  # two real 427x640 RGB photos
     rng = np.random.default_rng(seed)
     partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    try:
+        partial.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot write crops to {out}: {e.strerror}; give a folder you can write") from e
     for split, count in (("calibration", calibration), ("evaluation", evaluation)):
         folder = partial / split
         folder.mkdir(parents=True)

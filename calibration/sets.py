@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from edgeport.errors import DataError
+from edgeport.errors import DataError, first_line
 from edgeport.types import CalibrationSet, TensorSpec
 
 log = logging.getLogger("edgeport")
@@ -37,27 +38,69 @@ def check_arrays(inputs: dict[str, np.ndarray], specs: list[TensorSpec], where: 
             raise DataError(f"{where}: no array for model input {spec.name!r} (found {', '.join(inputs) or 'none'})")
         array = inputs[spec.name]
         want = tuple(spec.concrete_shape()[1:])
-        if tuple(array.shape[1:]) != want:
+        if array.dtype.kind not in "biuf":
+            raise DataError(f"{where}: input {spec.name!r} is stored as {array.dtype}; give numbers ({spec.dtype})")
+        if array.ndim != len(spec.shape) or tuple(array.shape[1:]) != want:
             raise DataError(f"{where}: input {spec.name!r} samples have shape {list(array.shape[1:])}, the model takes {list(want)}")
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             bad = int((~np.isfinite(array)).sum())
             raise DataError(f"{where}: input {spec.name!r} holds {bad} NaN or Inf value(s); calibration needs finite data")
+    counts = {name: len(inputs[name]) for name in (s.name for s in specs)}
+    if len(set(counts.values())) > 1:
+        raise DataError(f"{where}: the inputs hold different numbers of samples "
+                        f"({', '.join(f'{k} {v}' for k, v in counts.items())}); give each the same")
+    if not any(counts.values()):
+        raise DataError(f"{where}: no samples (the arrays are empty)")
+
+
+def check_labels(labels, total: int, where: str) -> np.ndarray | None:
+    """One class index (an integer >= 0) per sample; anything else would give a silent, wrong accuracy."""
+    if labels is None:
+        return None
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.dtype.kind in "USO":
+        shown = ", ".join(repr(str(v)) for v in labels.ravel()[:2])
+        raise DataError(f"{where}: the labels are strings ({shown}, …); store class indices instead "
+                        "(integers 0..N-1, in the order of the model's outputs and of model.labels)")
+    if labels.ndim != 1:
+        raise DataError(f"{where}: labels have shape {list(labels.shape)}; give one class index per sample, shape [{total}]")
+    if len(labels) != total:
+        raise DataError(f"{where}: {len(labels)} labels for {total} samples; give one class index per sample")
+    if labels.dtype.kind == "f" and np.isfinite(labels).all() and (labels == np.round(labels)).all():
+        labels = labels.astype(np.int64)
+    elif labels.dtype.kind == "b":
+        labels = labels.astype(np.int64)
+    if labels.dtype.kind not in "iu":
+        raise DataError(f"{where}: the labels are {labels.dtype} values that are not whole numbers; "
+                        "store class indices (integers 0..N-1)")
+    if total and labels.min() < 0:
+        raise DataError(f"{where}: the labels hold {int(labels.min())}; class indices start at 0")
+    return labels
 
 
 def read_npy(path: Path, specs: list[TensorSpec]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise DataError(f"{path}: not a readable .npy/.npz file ({e})") from None
-    if isinstance(loaded, np.ndarray):
+    arrays = read_arrays(path)
+    if not isinstance(arrays, dict):
         if len(specs) != 1:
             raise DataError(f"{path}: a .npy file feeds one input; the model has {len(specs)}: use .npz keyed by input name")
-        return {specs[0].name: loaded}, None
-    arrays = {k: loaded[k] for k in loaded.files}
+        return {specs[0].name: arrays}, None
     labels = arrays.pop("labels", None)
     return arrays, labels
+
+
+def read_arrays(path: Path) -> np.ndarray | dict[str, np.ndarray]:
+    """A .npy file's array or a .npz file's arrays, read in full (a truncated file fails here)."""
+    try:
+        with open(path, "rb") as f:
+            loaded = np.load(f, allow_pickle=False)
+            return {k: loaded[k] for k in loaded.files} if isinstance(loaded, np.lib.npyio.NpzFile) else loaded
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # what numpy and zipfile raise on damage
+        raise DataError(f"{path}: not a readable .npy/.npz file ({first_line(e)}); save it with numpy.save or "
+                        "numpy.savez (no pickled objects)") from e
 
 
 def read_callable(target: str, specs: list[TensorSpec], wanted: int, base_dir: Path):
@@ -81,16 +124,28 @@ def read_callable(target: str, specs: list[TensorSpec], wanted: int, base_dir: P
         function = getattr(module, attr)
     except (ImportError, AttributeError) as e:
         raise DataError(f"data.function {target!r}: {e}") from e
-    samples = list(itertools.islice(function(), wanted))
+    except Exception as e:  # the user's module raised while it was imported: theirs to fix, kept as the cause
+        raise DataError(f"data.function {target!r}: importing {module_name} raised {e.__class__.__name__}: "
+                        f"{first_line(e)}") from e
+    try:
+        samples = list(itertools.islice(function(), wanted))
+    except Exception as e:  # the user's generator raised: theirs to fix, kept as the cause
+        raise DataError(f"data.function {target!r} raised {e.__class__.__name__}: {first_line(e)}") from e
     if not samples or not all(isinstance(s, dict) for s in samples):
         raise DataError(f"data.function {target!r} must yield dicts of input name -> array")
     arrays = {}
     for s in specs:
-        if s.name not in samples[0]:
+        if not all(s.name in x for x in samples):
             raise DataError(f"data.function {target!r}: its dicts have no {s.name!r} (found {', '.join(samples[0])})")
         rank = len(s.shape)
-        arrays[s.name] = np.concatenate([np.asarray(x[s.name])[None] if np.ndim(x[s.name]) == rank - 1
-                                         else np.asarray(x[s.name]) for x in samples]).astype(s.dtype)
+        try:
+            arrays[s.name] = np.concatenate([np.asarray(x[s.name])[None] if np.ndim(x[s.name]) == rank - 1
+                                             else np.asarray(x[s.name]) for x in samples]).astype(s.dtype)
+        except (ValueError, TypeError) as e:
+            raise DataError(f"data.function {target!r}: its {s.name!r} arrays do not stack into {s.dtype} samples "
+                            f"of one shape ({first_line(e)})") from e
+    if "labels" in samples[0] and not all("labels" in x for x in samples):
+        raise DataError(f"data.function {target!r}: some of its dicts have labels and some do not")
     labels = np.asarray([x["labels"] for x in samples]).reshape(-1) if "labels" in samples[0] else None
     return arrays, labels
 
@@ -143,6 +198,7 @@ def build_sets(
         where = str(path or function)
         check_arrays(arrays, specs, where)
         total = len(next(iter(arrays.values())))
+        labels = check_labels(labels, total, where)
         if eval_path is not None or eval_function:
             if calibration_samples > total:
                 raise DataError(f"{where}: {total} samples found; asked for {calibration_samples} calibration samples")
@@ -151,7 +207,9 @@ def build_sets(
             ev_arrays, ev_labels = read_pool(source, eval_path, specs, preprocessing, eval_function or function, 100_000,
                                              base_dir)
             check_arrays(ev_arrays, specs, str(eval_path or eval_function))
-            n_eval = min(eval_samples or len(next(iter(ev_arrays.values()))), len(next(iter(ev_arrays.values()))))
+            ev_total = len(next(iter(ev_arrays.values())))
+            ev_labels = check_labels(ev_labels, ev_total, str(eval_path or eval_function))
+            n_eval = min(eval_samples or ev_total, ev_total)
             evaluation = {k: v[:n_eval] for k, v in ev_arrays.items()}
             eval_labels = ev_labels[:n_eval] if ev_labels is not None else None
             check_disjoint(calib, evaluation)
@@ -204,7 +262,9 @@ def save_set(dataset: CalibrationSet, path: Path) -> None:
 
 
 def load_set(path: Path) -> CalibrationSet:
-    with np.load(path, allow_pickle=False) as f:
-        inputs = {k.removeprefix("input:"): f[k] for k in f.files if k.startswith("input:")}
-        labels = f["labels"] if "labels" in f.files else None
-        return make_set(inputs, labels, str(f["_source"]), int(f["_seed"]))
+    try:
+        arrays = read_arrays(path)
+        inputs = {k.removeprefix("input:"): v for k, v in arrays.items() if k.startswith("input:")}
+        return make_set(inputs, arrays.get("labels"), str(arrays["_source"]), int(arrays["_seed"]))
+    except (DataError, KeyError, AttributeError) as e:
+        raise DataError(f"{path}: the cached data set is damaged ({first_line(e)}); run again with --rebuild") from e

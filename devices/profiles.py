@@ -9,7 +9,6 @@ file's stem.
 from __future__ import annotations
 
 import os
-import tomllib
 from importlib.resources import files
 from pathlib import Path
 from typing import Literal
@@ -17,9 +16,20 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgeport.errors import ConfigError, did_you_mean
-from edgeport.validation import explain
+from edgeport.validation import explain, read_toml
 
 Runtime = Literal["onnxruntime", "openvino", "tflite"]
+
+
+def plain_word(value: str | None, tool: str, what: str) -> str | None:
+    """A value `tool` gets as an argument of its own: never an option, never more than one word."""
+    if value is None:
+        return value
+    if value.startswith("-"):
+        raise ValueError(f"{value!r} must not start with '-' ({tool} would read it as an option); give {what}")
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError(f"{value!r} holds whitespace or control characters; give {what}")
+    return value
 
 
 class BaseProfile(BaseModel):
@@ -57,6 +67,13 @@ class SshProfile(BaseProfile):
     connect_timeout: int = Field(10, gt=0, description="seconds to wait for the device to answer")
     options: dict[str, str] = Field(default_factory=dict, description="extra `ssh -o Key=Value` options")
 
+    @field_validator("host", "ssh_alias", "user")
+    @classmethod
+    def not_an_option(cls, value: str | None, info) -> str | None:
+        what = {"host": "a host name or address", "ssh_alias": "a Host entry of ~/.ssh/config",
+                "user": "a user name"}[info.field_name]
+        return plain_word(value, "ssh", what)
+
     @field_validator("options")
     @classmethod
     def option_names(cls, options: dict[str, str]) -> dict[str, str]:
@@ -85,6 +102,11 @@ class AdbProfile(BaseProfile):
     python: str = Field("", description="a Python on the device (e.g. Termux) to run the runner instead; empty = none")
     workdir: str = "/data/local/tmp/edgeport"
 
+    @field_validator("serial")
+    @classmethod
+    def not_an_option(cls, value: str | None) -> str | None:
+        return plain_word(value, "adb", "the serial `adb devices` lists")
+
     @property
     def address(self) -> str:
         return f"adb {self.serial or '(only device)'}"
@@ -97,7 +119,7 @@ SCHEMAS: dict[str, type[BaseProfile]] = {"local": LocalProfile, "ssh": SshProfil
 def parse_profile(data: dict, where: str, default_name: str) -> DeviceProfile:
     """Validate one profile mapping; every problem is one ConfigError line naming the file."""
     transport = data.get("transport", "local")
-    schema = SCHEMAS.get(transport)
+    schema = SCHEMAS.get(transport) if isinstance(transport, str) else None
     if schema is None:
         raise ConfigError(f"{where}: transport {transport!r} is not one of local, ssh, adb{did_you_mean(str(transport), SCHEMAS)}")
     try:
@@ -107,11 +129,7 @@ def parse_profile(data: dict, where: str, default_name: str) -> DeviceProfile:
 
 
 def read_profile(path: Path) -> DeviceProfile:
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: malformed TOML: {e}") from None
-    return parse_profile(data, str(path), path.stem)
+    return parse_profile(read_toml(path), str(path), path.stem)
 
 
 def builtin_dir() -> Path:

@@ -19,7 +19,7 @@ import numpy as np
 
 from edgeport.devices.local import RUNNER
 from edgeport.devices.transport import Device
-from edgeport.errors import DeviceError
+from edgeport.errors import ConfigError, DeviceError
 from edgeport.types import Artifact
 
 MISSING_MODULE = 3  # the runner's exit code when numpy or the runtime does not import
@@ -163,6 +163,9 @@ def bench_many(artifact_paths: list[Path], device_names: list[str], devices_dir,
     from edgeport.devices.transport import open_device
     from edgeport.types import BenchResult, write_text_atomic
 
+    if output.is_dir() or not output.parent.is_dir():
+        raise ConfigError(f"--out {output}: give a file in an existing folder (results are rewritten there "
+                          "after every measurement)")
     artifacts = [Artifact.load(p) for p in artifact_paths]  # hashes checked before any device work
     samples = {a.root: run_samples_for(a, data) for a in artifacts}
     profiles = [get_profile(name, devices_dir) for name in device_names]

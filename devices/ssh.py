@@ -30,6 +30,7 @@ class SshDevice(Device):
     def __init__(self, profile: SshProfile):
         super().__init__(profile)
         p = profile
+        # Always after `--` on the command line: a destination is never parsed as an option.
         self.destination = p.ssh_alias or p.host
         key = hashlib.sha256(repr((p.ssh_alias, p.host, p.port, p.user, p.identity_file, p.ssh_config)).encode())
         self.control_path = control_dir() / key.hexdigest()[:16]
@@ -63,7 +64,7 @@ class SshDevice(Device):
             return
         limit = self.profile.connect_timeout + 5
         try:
-            done = run_local([*self.base, self.destination, "--", "true"], limit, None, f"device {self.name}")
+            done = run_local([*self.base, "--", self.destination, "true"], limit, None, f"device {self.name}")
         except DeviceError as e:  # no answer within the limit
             raise DeviceUnreachableError(str(e)) from e
         if done.returncode != 0:
@@ -73,7 +74,7 @@ class SshDevice(Device):
     def run(self, argv: list[str], timeout: float, stdin: bytes | None = None) -> Completed:
         self.connect()
         # ssh hands the remote shell one string: quote every argument so it stays one argument.
-        done = run_local([*self.base, self.destination, "--", shlex.join(argv)], timeout, stdin, f"device {self.name}")
+        done = run_local([*self.base, "--", self.destination, shlex.join(argv)], timeout, stdin, f"device {self.name}")
         if done.returncode == SSH_FAILED:
             if not self.master_alive():
                 self._connected = False
@@ -82,9 +83,9 @@ class SshDevice(Device):
         return done
 
     def master_alive(self) -> bool:
-        return run_local([*self.base, "-O", "check", self.destination], 10, None, f"device {self.name}").returncode == 0
+        return run_local([*self.base, "-O", "check", "--", self.destination], 10, None, f"device {self.name}").returncode == 0
 
     def close(self) -> None:
         if self._connected:
-            run_local([*self.base, "-O", "exit", self.destination], 10, None, f"device {self.name}")
+            run_local([*self.base, "-O", "exit", "--", self.destination], 10, None, f"device {self.name}")
             self._connected = False

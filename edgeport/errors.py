@@ -40,6 +40,14 @@ class DeviceUnreachableError(DeviceError):
     """No connection to the device (refused, timed out, lost): nothing more can run there."""
 
 
+class BundleError(EdgeportError):
+    """A bundle is malformed, tampered with, or unsafe to unpack."""
+
+
+class RunFolderBusyError(EdgeportError):
+    """Another edgeport process is working in the same run folder."""
+
+
 class VerificationError(EdgeportError):
     """An export does not compute what the original did (outside tolerance)."""
 
@@ -50,6 +58,12 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """' (did you mean "x"?)' for the nearest choice, or '' when nothing is close."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message cut to one line, for quoting it in an error of ours."""
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else error.__class__.__name__
 
 
 def require(module: str, extra: str):

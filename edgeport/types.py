@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from edgeport.errors import ArtifactIntegrityError
 
@@ -172,10 +172,20 @@ class Artifact(BaseModel):
         if not meta.is_file():
             raise ArtifactIntegrityError(f"{folder}: no artifact.json here; is this an artifact folder?")
         try:
-            artifact = cls.model_validate_json(meta.read_text())
-        except ValueError as e:
-            raise ArtifactIntegrityError(f"{meta}: not a valid artifact record ({e.__class__.__name__})") from e
+            artifact = cls.model_validate_json(meta.read_bytes())
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+            raise ArtifactIntegrityError(
+                f"{meta} is truncated or not an artifact record ({where}: {first['msg']}); rebuild the artifact "
+                "(edgeport export, or run --rebuild)") from e
+        if not artifact.files:
+            raise ArtifactIntegrityError(f"{meta} lists no files; rebuild the artifact (edgeport export, or run --rebuild)")
         for record in artifact.files:
+            parts = Path(record.path).parts
+            if not parts or Path(record.path).is_absolute() or ".." in parts:
+                raise ArtifactIntegrityError(f"{meta} names a file outside its folder ({record.path!r}); an "
+                                             "artifact's files are relative paths inside it: rebuild the artifact")
             path = folder / record.path
             if not path.is_file():
                 raise ArtifactIntegrityError(f"{path}: file listed in artifact.json is missing")

@@ -3,9 +3,24 @@ device profiles)."""
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
+
 from pydantic import BaseModel, ValidationError
 
 from edgeport.errors import ConfigError, did_you_mean
+
+
+def read_toml(path: Path) -> dict:
+    """A TOML file's table; a file that is not UTF-8 text or not TOML is one ConfigError line."""
+    try:
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text file (byte {e.start} is not UTF-8); give a TOML file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: malformed TOML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: malformed TOML: nested too deeply") from None
 
 
 def known_keys(schema: type[BaseModel], loc: tuple) -> list[str]:

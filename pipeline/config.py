@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgeport import targets
 from edgeport.errors import ConfigError, did_you_mean
-from edgeport.validation import explain
+from edgeport.validation import explain, read_toml
 from edgeport.pipeline.compress.configs import CompressConfig
-from edgeport.types import TensorSpec
+from edgeport.types import Precision, TensorSpec
+
+PRECISIONS = get_args(Precision)
+INPUT_DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool")
 
 
 class Strict(BaseModel):
@@ -68,10 +70,21 @@ class ModelConfig(Strict):
     @field_validator("inputs")
     @classmethod
     def one_dynamic_dim_at_most(cls, specs: list[TensorSpec]) -> list[TensorSpec]:
+        if not specs:
+            raise ValueError("give at least one input")
         for spec in specs:
             dynamic = [d for d in spec.shape if isinstance(d, str)]
             if len(dynamic) > 1 or (dynamic and not isinstance(spec.shape[0], str)):
                 raise ValueError(f"input {spec.name}: only the first (batch) dimension may be dynamic")
+            if not spec.shape or any(isinstance(d, int) and d < 1 for d in spec.shape):
+                raise ValueError(f"input {spec.name}: shape {spec.shape} needs at least one dimension, each a size "
+                                 "of at least 1 or a name (\"batch\")")
+            if spec.dtype not in INPUT_DTYPES:
+                raise ValueError(f"input {spec.name}: dtype {spec.dtype!r} is not one of {', '.join(INPUT_DTYPES)}"
+                                 f"{did_you_mean(spec.dtype, INPUT_DTYPES)}")
+        names = [spec.name for spec in specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"input names must differ (got {', '.join(names)})")
         return specs
 
 
@@ -162,11 +175,13 @@ TARGET_OPTIONS: dict[str, type[BaseModel]] = {
 
 
 class Tolerance(Strict):
-    min_cosine: float | None = None
-    min_sqnr_db: float | None = None
-    max_abs: float | None = None
-    min_top1_agreement: float | None = None
-    max_accuracy_drop: float | None = Field(None, description="percentage points below the PyTorch model")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    min_cosine: float | None = Field(None, ge=-1, le=1)
+    min_sqnr_db: float | None = Field(None, le=300, description="dB; identical outputs score 300")
+    max_abs: float | None = Field(None, ge=0)
+    min_top1_agreement: float | None = Field(None, ge=0, le=1, description="a fraction")
+    max_accuracy_drop: float | None = Field(None, ge=0, le=100, description="percentage points below the PyTorch model")
 
 
 DEFAULT_TOLERANCES = {
@@ -178,7 +193,16 @@ DEFAULT_TOLERANCES = {
 
 class VerifyConfig(Strict):
     batch: int = Field(64, gt=0)
-    tolerances: dict[str, Tolerance] = Field(default_factory=dict)
+    tolerances: dict[str, Tolerance] = Field(default_factory=dict, description="[verify.tolerances.PRECISION]")
+
+    @field_validator("tolerances")
+    @classmethod
+    def known_precisions(cls, tolerances: dict[str, Tolerance]) -> dict[str, Tolerance]:
+        for precision in tolerances:
+            if precision not in PRECISIONS:
+                raise ValueError(f"unknown precision {precision!r}{did_you_mean(precision, PRECISIONS)}; "
+                                 f"[verify.tolerances.X] takes {', '.join(PRECISIONS)}")
+        return tolerances
 
     def tolerance(self, precision: str) -> Tolerance:
         default = DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["int8"])
@@ -312,10 +336,7 @@ def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> Ru
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: malformed TOML: {e}") from None
+    data = read_toml(path)
     for dotted, value in (overrides or {}).items():
         if value is not None:
             set_dotted(data, dotted, value)

@@ -8,12 +8,13 @@ import importlib.util
 import os
 import re
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from edgeport.errors import ConfigError
+from edgeport.errors import ConfigError, first_line
 from edgeport.pipeline.config import ModelConfig
 from edgeport.types import TensorSpec
 
@@ -30,29 +31,51 @@ class LoadedModel:
     digest: str  # content hash of architecture + weights: the cache key of everything downstream
 
 
-def import_factory(source: str, base_dir: Path):
-    target, _, attr = source.rpartition(":")
-    if not target or not IDENTIFIER.match(attr):
-        raise ConfigError(f"model.source {source!r} is malformed; expected {FORMS}")
-    if target.endswith(".py"):
-        path = Path(target) if Path(target).is_absolute() else base_dir / target
-        if not path.is_file():
-            raise ConfigError(f"model file not found: {path}")
-        spec = importlib.util.spec_from_file_location(f"edgeport_user_model_{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    elif MODULE_PATH.match(target):
-        # Like `python -m`, look in the config's folder and the working folder too.
-        for folder in (str(base_dir), os.getcwd()):
-            if folder not in sys.path:
-                sys.path.append(folder)
-        try:
-            module = importlib.import_module(target)
-        except ModuleNotFoundError as e:
-            raise ConfigError(f"model.source {source!r}: cannot import {target!r} ({e})") from e
+def is_factory(source: str) -> bool:
+    """`module:factory` or `file.py:factory` (a Windows drive letter is not a factory)."""
+    return ":" in source and not re.match(r"^[A-Za-z]:[\\/]", source)
+
+
+def source_file(source: str, base_dir: Path) -> Path | None:
+    """The file a model.source names (a model file, or a factory's .py), which must exist; None
+    for pkg.module:factory. A malformed source is a ConfigError."""
+    if is_factory(source):
+        target, _, attr = source.rpartition(":")
+        if not target or not IDENTIFIER.match(attr) or not (target.endswith(".py") or MODULE_PATH.match(target)):
+            raise ConfigError(f"model.source {source!r} is malformed; expected {FORMS}")
+        if not target.endswith(".py"):
+            return None
+        path = Path(target)
+    elif source.endswith((".pt", ".pth", ".pt2", ".ts")):
+        path = Path(source)
     else:
         raise ConfigError(f"model.source {source!r} is malformed; expected {FORMS}")
+    path = path if path.is_absolute() else base_dir / path
+    if not path.is_file():
+        raise ConfigError(f"model file not found: {path}")
+    return path
+
+
+def import_factory(source: str, base_dir: Path):
+    target, _, attr = source.rpartition(":")
+    path = source_file(source, base_dir)
+    try:
+        if path is not None:
+            spec = importlib.util.spec_from_file_location(f"edgeport_user_model_{path.stem}", path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+        else:
+            # Like `python -m`, look in the config's folder and the working folder too.
+            for folder in (str(base_dir), os.getcwd()):
+                if folder not in sys.path:
+                    sys.path.append(folder)
+            module = importlib.import_module(target)
+    except ModuleNotFoundError as e:
+        raise ConfigError(f"model.source {source!r}: cannot import {target!r} ({e})") from e
+    except Exception as e:  # the user's module raised while it was imported: their error, kept as the cause
+        raise ConfigError(f"model.source {source!r}: importing {target} raised {e.__class__.__name__}: "
+                          f"{first_line(e)}") from e
     factory = module
     for part in attr.split("."):
         if not hasattr(factory, part):
@@ -61,23 +84,55 @@ def import_factory(source: str, base_dir: Path):
     return factory
 
 
+def file_kind(path: Path) -> str:
+    """What a model file is, from its bytes: torchscript, zip (torch.save or torch.export),
+    pickle (a legacy torch.save), truncated (a zip without its end) or other."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError, EOFError):
+            return "truncated"
+        return "torchscript" if any(n.endswith("/constants.pkl") for n in names) else "zip"
+    return "pickle" if head[:1] == b"\x80" else "other"
+
+
+def first_bytes(path: Path) -> str:
+    with open(path, "rb") as f:
+        return repr(f.read(8))
+
+
 def load_file(path: Path, trust: bool) -> torch.nn.Module:
     if not path.is_file():
         raise ConfigError(f"model file not found: {path}")
+    kind = file_kind(path)
+    if kind == "truncated":
+        raise ConfigError(f"{path} is truncated or damaged: it starts as a zip archive (what torch.jit.save, "
+                          "torch.export.save and torch.save write) but its end is missing; save the model again")
     if path.suffix == ".pt2":
         try:
             return torch.export.load(str(path)).module()
         except Exception as e:  # torch raises several kinds for a bad archive
-            raise ConfigError(f"{path}: not a torch.export program ({e.__class__.__name__}: {e})") from e
-    try:
-        return torch.jit.load(str(path), map_location="cpu")
-    except RuntimeError:
-        pass  # not TorchScript: maybe a pickled nn.Module
+            raise ConfigError(f"{path}: not a torch.export program ({e.__class__.__name__}: {first_line(e)})") from e
+    if kind == "other":
+        raise ConfigError(f"{path} is not a TorchScript, torch.export or torch.save file (it starts with {first_bytes(path)}); "
+                          f"expected {FORMS}")
+    if kind == "torchscript":
+        try:
+            return torch.jit.load(str(path), map_location="cpu")
+        except Exception as e:  # torch raises several kinds for a damaged archive (RuntimeError, UnicodeDecodeError)
+            raise ConfigError(f"{path} is a TorchScript archive that does not load ({first_line(e)}); "
+                              "save it again with torch.jit.save") from e
     if not trust:
         raise ConfigError(
             f"{path} is not TorchScript; a pickled model can run arbitrary code when loaded, so it loads only with --trust-model"
         )
-    model = torch.load(str(path), map_location="cpu", weights_only=False)
+    try:
+        model = torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as e:  # unpickling runs the file's own code: whatever it raises is the file's problem
+        raise ConfigError(f"{path}: cannot unpickle the model ({e.__class__.__name__}: {first_line(e)})") from e
     if not isinstance(model, torch.nn.Module):
         raise ConfigError(f"{path} holds a {type(model).__name__}, not a torch.nn.Module; give a factory and weights instead")
     return model
@@ -108,18 +163,16 @@ def as_list(outputs) -> list[torch.Tensor]:
 def load_model(config: ModelConfig, base_dir: Path) -> LoadedModel:
     """Build the module, load weights, and check the configured input shapes by running it once."""
     source = config.source
-    if ":" in source and not re.match(r"^[A-Za-z]:[\\/]", source):
+    if is_factory(source):
         factory = import_factory(source, base_dir)
         try:
             module = factory()
         except Exception as e:
-            raise ConfigError(f"model.source {source!r}: the factory raised {e.__class__.__name__}: {e}") from e
+            raise ConfigError(f"model.source {source!r}: the factory raised {e.__class__.__name__}: {first_line(e)}") from e
         if not isinstance(module, torch.nn.Module):
             raise ConfigError(f"model.source {source!r} returned {type(module).__name__}, not a torch.nn.Module")
-    elif source.endswith((".pt", ".pth", ".pt2", ".ts")):
-        module = load_file(Path(source) if Path(source).is_absolute() else base_dir / source, config.trust_model)
     else:
-        raise ConfigError(f"model.source {source!r} is malformed; expected {FORMS}")
+        module = load_file(source_file(source, base_dir), config.trust_model)
     if config.weights:
         path = Path(config.weights) if Path(config.weights).is_absolute() else base_dir / config.weights
         if not path.is_file():
@@ -128,7 +181,7 @@ def load_model(config: ModelConfig, base_dir: Path) -> LoadedModel:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
             module.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
         except Exception as e:
-            raise ConfigError(f"model.weights {path}: cannot load into the model ({str(e).splitlines()[0]})") from e
+            raise ConfigError(f"model.weights {path}: cannot load into the model ({first_line(e)})") from e
     try:
         module.eval()
     except NotImplementedError:

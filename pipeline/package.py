@@ -163,17 +163,32 @@ def build_bundle(report: dict, entry: dict, run_dir: Path, out: Path) -> Path:
     return out
 
 
+def read_report(run_dir: Path) -> dict:
+    """A finished run's report.json."""
+    path = run_dir / "report.json"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: no report.json; is this a finished run folder?")
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ConfigError(f"{path} is truncated or not JSON ({e.__class__.__name__}); run the pipeline again") from e
+    if not isinstance(report, dict) or not isinstance(report.get("artifacts"), list):
+        raise ConfigError(f"{path} is not an edgeport report (it has no artifacts list); run the pipeline again")
+    return report
+
+
 def package(run_dir: Path, targets: list[str] | None = None, precisions: list[str] | None = None,
             out: Path | None = None, ids: list[str] | None = None) -> list[Path]:
     """Bundles for a finished run: folders under runs/<name>/bundles/, or archives/folders at `out`."""
-    report_path = run_dir / "report.json"
-    if not report_path.is_file():
-        raise ConfigError(f"{run_dir}: no report.json; is this a finished run folder?")
-    report = json.loads(report_path.read_text())
+    report = read_report(run_dir)
     chosen = choose(report, targets, precisions, ids)
     if not chosen:
         raise ConfigError(f"{run_dir}: no artifact passed verification; nothing to package")
     kind = archive_kind(out) if out else None
+    if out is not None:
+        from edgeport.pipeline.preflight import writable_folder
+
+        writable_folder(out.parent if kind else out, "the bundle folder", "give --out a folder you can write")
     if kind and len(chosen) > 1:
         raise ConfigError(f"--out {out} names one archive but {len(chosen)} bundles were chosen; "
                           "pick one with --target/--precision or give a folder")

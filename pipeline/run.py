@@ -16,9 +16,9 @@ from edgeport.calibration import build_sets, load_set, save_set
 from edgeport.devices.profiles import DeviceProfile
 from edgeport.devices.transport import Device
 from edgeport.errors import (
-    ArtifactIntegrityError, ConfigError, DataError, DeviceError, DeviceUnreachableError, EdgeportError,
+    ArtifactIntegrityError, ConfigError, DataError, DeviceError, DeviceUnreachableError, EdgeportError, did_you_mean,
 )
-from edgeport.pipeline.config import BenchDevice, RunConfig, to_toml
+from edgeport.pipeline.config import PRECISIONS, BenchDevice, RunConfig, to_toml
 from edgeport.pipeline.interchange import OPSET, export_onnx
 from edgeport.pipeline.model_loading import LoadedModel, load_model
 from edgeport.pipeline.stages import Event, Listener, Stages, key_hash, tool_versions
@@ -128,13 +128,31 @@ def threads_of(config: RunConfig) -> int:
     return config.bench.threads or os.cpu_count() or 1
 
 
+def check_precisions(wanted: list[str], configured: dict[str, list[str]]) -> None:
+    """Each precision asked for (export -p) is known and built by one of the chosen targets."""
+    built = sorted({p for ps in configured.values() for p in ps}, key=precision_rank)
+    for p in wanted:
+        if p not in PRECISIONS:
+            raise ConfigError(f"unknown precision {p!r}{did_you_mean(p, PRECISIONS)}; precisions: {', '.join(PRECISIONS)}")
+        if p not in built:
+            raise ConfigError(f"no chosen target builds {p}: their [targets.X] precisions are {', '.join(built)}; "
+                              "add it there or ask for one of those")
+
+
 class Run:
     """One execution of a config; the pieces are methods so that the CLI's single-stage commands reuse them."""
 
     def __init__(self, config: RunConfig, on_event: Listener | None = None, rebuild: bool = False):
+        from edgeport.pipeline.preflight import preflight
+
         self.config = config
         self.run_dir = config.run_dir
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        preflight(config)  # a missing file or an unknown device fails before any work
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create the run folder {self.run_dir}: {e.strerror}; set runs_dir "
+                              "(or --runs-dir) to a folder you can write") from e
         self.emit = on_event or (lambda event: None)
         self.stages = Stages(self.run_dir, self.emit, rebuild)
         self.versions = tool_versions()
@@ -211,13 +229,11 @@ class Run:
         names = only_targets or list(self.config.targets)
         for name in names:
             targets.info(name)
-        plugins = {name: targets.get(name) for name in names}
+        check_precisions(only_precisions or [], {name: self.config.target_options(name).precisions for name in names})
+        plugins = {name: targets.get(name) for name in names}  # fail on a missing runtime before any work
         planned: list[Planned] = []
         for name, target in plugins.items():
             options = self.config.target_options(name)
-            for p in only_precisions or []:
-                if p not in targets.info(name).precisions:
-                    target.check_precision(p)
             wanted = [p for p in options.precisions if not only_precisions or p in only_precisions]
             for p in wanted:
                 target.check_precision(p)
@@ -440,6 +456,19 @@ class Run:
             device.close()
         self._devices.clear()
 
+    def __enter__(self) -> Run:
+        """Hold the run folder (a second process is refused, naming this one's pid) until exit,
+        which also closes device connections. Workers of a search use a Run without holding it."""
+        from edgeport.pipeline.lock import run_lock
+
+        self._exit = contextlib.ExitStack()
+        self._exit.enter_context(run_lock(self.run_dir))
+        self._exit.callback(self.close)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._exit.__exit__(*exc)
+
     def runtime_variants(self, artifact: Artifact) -> list[dict]:
         """The runtime settings each benchmark of this artifact runs with (OpenVINO: one per hint)."""
         if artifact.target == "openvino":
@@ -567,11 +596,8 @@ def run(config: RunConfig, on_event: Listener | None = None, rebuild: bool = Fal
     """Execute the pipeline up to `until` (one of STEPS); every finished stage is reused on the next call."""
     if until not in STEPS:
         raise EdgeportError(f"unknown stage {until!r}; stages: {', '.join(STEPS)}")
-    job = Run(config, on_event, rebuild)
-    try:
+    with Run(config, on_event, rebuild) as job:
         return run_stages(job, config, until)
-    finally:
-        job.close()
 
 
 def run_stages(job: Run, config: RunConfig, until: str) -> RunResult:

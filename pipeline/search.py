@@ -324,8 +324,6 @@ class Search:
 def tune(config: RunConfig, on_event: Listener | None = None, rebuild: bool = False) -> SearchResult:
     """Run the [search]; every candidate goes through the cached stages of `edgeport run`."""
     search = Search(config, on_event, rebuild)
-    try:
+    with search.job:  # holds the run folder its workers build in
         return search.run()
-    finally:
-        search.job.close()
 

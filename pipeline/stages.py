@@ -60,11 +60,35 @@ Listener = Callable[[Event], None]
 
 
 def remove_dead_partials(final: Path) -> None:
-    """Partial folders left by killed runs (their process is gone)."""
-    for partial in final.parent.glob(f".{final.name}.partial-*"):
+    """Partial (and replaced) folders left by killed runs (their process is gone)."""
+    for partial in [*final.parent.glob(f".{final.name}.partial-*"), *final.parent.glob(f".{final.name}.old-*")]:
         pid = partial.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
             shutil.rmtree(partial, ignore_errors=True)
+
+
+def read_json(path: Path) -> dict | None:
+    """A cache record, or None when it is missing or unreadable (then the stage is built again)."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
+def saved_key(stamp: Path) -> str | None:
+    return (read_json(stamp) or {}).get("key")
+
+
+def replace_folder(new: Path, final: Path) -> None:
+    """Put `new` at `final`; an old folder there is moved aside first and removed after, so
+    `final` is never half of either."""
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(new, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 class Stages:
@@ -83,7 +107,7 @@ class Stages:
         final = self.run_dir / rel
         digest = key_hash(key)
         stamp = final / STAMP
-        if not self.rebuild and stamp.is_file() and json.loads(stamp.read_text()).get("key") == digest:
+        if not self.rebuild and saved_key(stamp) == digest:
             self.emit(Event("cached", stage, rel))
             return load(final)
         self.emit(Event("start", stage, rel))
@@ -95,16 +119,15 @@ class Stages:
         try:
             with reporting(self.counter(stage, rel)):
                 build(partial)
+            write_text_atomic(partial / STAMP, json.dumps({"key": digest, "stage": stage, "inputs": key}, indent=2,
+                                                          default=str))
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)  # a failed build leaves nothing behind
             raise
-        write_text_atomic(partial / STAMP, json.dumps({"key": digest, "stage": stage, "inputs": key}, indent=2, default=str))
-        if stamp.is_file() and json.loads(stamp.read_text()).get("key") == digest:
+        if not self.rebuild and saved_key(stamp) == digest:
             shutil.rmtree(partial)  # another worker finished the same stage first
-        else:
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(partial, final)
+        else:  # --rebuild replaces what is there, even with the same key: it may fail its hashes
+            replace_folder(partial, final)
         self.built.append(rel)
         self.emit(Event("done", stage, rel, seconds=time.perf_counter() - started))
         return load(final)
@@ -113,11 +136,10 @@ class Stages:
         """A stage whose output is one JSON document."""
         path = self.run_dir / rel
         digest = key_hash(key)
-        if not self.rebuild and path.is_file():
-            saved = json.loads(path.read_text())
-            if saved.get("key") == digest:
-                self.emit(Event("cached", stage, rel))
-                return saved["result"]
+        saved = read_json(path) if not self.rebuild else None
+        if saved is not None and saved.get("key") == digest and "result" in saved:
+            self.emit(Event("cached", stage, rel))
+            return saved["result"]
         self.emit(Event("start", stage, rel))
         started = time.perf_counter()
         with reporting(self.counter(stage, rel)):

@@ -50,3 +50,32 @@ def write_config(folder: Path, body: str = "", *, targets: str | None = None, mo
 @pytest.fixture
 def config_file(tmp_path):
     return write_config(tmp_path)
+
+
+FAST_TARGETS = '[targets.onnxruntime]\nprecisions = ["fp32"]\n'
+FAST_BENCH = "[bench]\niterations = 5\nmin_seconds = 0.0\nwarmup = 1\nthreads = 1\nbaseline = false\n"
+
+
+def fast_config(folder: Path, body: str = "", **sections) -> Path:
+    """The config of `finished_run` (ONNX Runtime fp32 only, a short benchmark) in `folder`."""
+    sections.setdefault("targets", FAST_TARGETS)
+    sections.setdefault("bench", FAST_BENCH)
+    return write_config(folder, body, **sections)
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, model_cache):
+    """One finished run of the digits CNN (ONNX Runtime fp32: artifact, report, bundle), shared by
+    the error tests; copy its run folder before changing anything in it."""
+    from edgeport import load_config, run
+
+    folder = tmp_path_factory.mktemp("finished")
+    return run(load_config(fast_config(folder)))
+
+
+def copy_run(finished, folder: Path, body: str = "", **sections) -> Path:
+    """A config in `folder` whose run folder starts as a copy of `finished`'s (every stage cached)."""
+    import shutil
+
+    shutil.copytree(finished.run_dir, folder / "runs" / finished.run_dir.name, symlinks=True)
+    return fast_config(folder, body, **sections)

@@ -27,8 +27,11 @@ def training_data(config: Distill, context: CompressContext) -> tuple[dict[str, 
     path = context.base_dir / config.path
     if not path.is_file():
         raise DataError(f"distill: training data not found: {path}")
-    with np.load(path) as f:
-        arrays = {k: f[k] for k in f.files}
+    from edgeport.calibration.sets import read_arrays
+
+    arrays = read_arrays(path)
+    if not isinstance(arrays, dict):
+        raise DataError(f"distill: {path} holds one array; give an .npz with one array per input (and `labels`)")
     labels = arrays.pop("labels", None)
     missing = [s.name for s in context.inputs if s.name not in arrays]
     if missing:
