@@ -155,6 +155,12 @@ def run_samples_for(artifact: Artifact, data: Path | None, count: int = 32) -> d
     return {a.name: arrays[a.name][:count] for a in artifact.inputs}
 
 
+def check_output(output: Path) -> None:
+    if output.is_dir() or not output.parent.is_dir():
+        raise ConfigError(f"--out {output}: give a file in an existing folder (results are rewritten there "
+                          "after every measurement)")
+
+
 def bench_many(artifact_paths: list[Path], device_names: list[str], devices_dir, settings: dict, runtime_options: dict,
                output: Path, data: Path | None = None):
     """`edgeport bench`: every artifact on every device, yielding (artifact, BenchResult) as each is
@@ -163,9 +169,7 @@ def bench_many(artifact_paths: list[Path], device_names: list[str], devices_dir,
     from edgeport.devices.transport import open_device
     from edgeport.types import BenchResult, write_text_atomic
 
-    if output.is_dir() or not output.parent.is_dir():
-        raise ConfigError(f"--out {output}: give a file in an existing folder (results are rewritten there "
-                          "after every measurement)")
+    check_output(output)
     artifacts = [Artifact.load(p) for p in artifact_paths]  # hashes checked before any device work
     samples = {a.root: run_samples_for(a, data) for a in artifacts}
     profiles = [get_profile(name, devices_dir) for name in device_names]

@@ -346,6 +346,10 @@ def bench(
     from edgeport.devices.remote import bench_many
     from edgeport.pipeline.stages import Event
 
+    from edgeport.devices.remote import check_output
+
+    if output is not None:
+        check_output(output)  # before the log folder beside it is made
     output = output or bench_output()
     results = []
     try:

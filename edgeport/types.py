@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from edgeport.errors import ArtifactIntegrityError
 
+TENSOR_DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool")
 Precision = Literal["fp32", "fp16", "int8", "int8-dynamic", "full-int8", "mixed"]
 Layout = Literal["NCHW", "NHWC", "none"]
 Dim = int | str  # a string names a dynamic dimension ("batch")
@@ -41,16 +42,11 @@ class TensorSpec(BaseModel):
     @field_validator("dtype", "source_dtype")
     @classmethod
     def known_dtype(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        try:
-            kind = np.dtype(value).kind
-        except TypeError:
-            raise ValueError(f"dtype {value!r} is not a numpy dtype name (float32, float16, int64, int32, int8, uint8, "
-                             "bool)") from None
-        if kind not in "fiub":
-            raise ValueError(f"dtype {value!r} is not a tensor dtype (float32, float16, int64, int32, int8, uint8, bool)")
-        return np.dtype(value).name
+        if value is not None and value not in TENSOR_DTYPES:
+            from edgeport.errors import did_you_mean
+
+            raise ValueError(f"dtype {value!r} is not one of {', '.join(TENSOR_DTYPES)}{did_you_mean(value, TENSOR_DTYPES)}")
+        return value
 
     @property
     def key(self) -> str:

@@ -11,10 +11,10 @@ from edgeport import targets
 from edgeport.errors import ConfigError, did_you_mean
 from edgeport.validation import explain, read_toml
 from edgeport.pipeline.compress.configs import CompressConfig
-from edgeport.types import Precision, TensorSpec
+from edgeport.types import TENSOR_DTYPES, Precision, TensorSpec
 
 PRECISIONS = get_args(Precision)
-INPUT_DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool")
+INPUT_DTYPES = TENSOR_DTYPES
 
 
 class Strict(BaseModel):
