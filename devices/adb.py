@@ -18,7 +18,7 @@ from pathlib import Path
 from edgeport.devices.profiles import AdbProfile
 from edgeport.devices.transport import Completed, Device, run_local
 from edgeport.errors import DeviceError, DeviceUnreachableError
-from edgeport.types import Artifact
+from edgeport.types import Artifact, DeviceRuntime
 
 FACTS_SCRIPT = ("echo arch=$(uname -m); echo cores=$(nproc 2>/dev/null); echo model=$(getprop ro.product.model); "
                 "echo soc=$(getprop ro.soc.model); echo android=$(getprop ro.build.version.release); "
@@ -75,39 +75,30 @@ class AdbDevice(Device):
                 "temperature_c": int(temp) / 1000 if temp.lstrip("-").isdigit() else None}
 
 
-def uses_benchmark_model(device: Device, artifact: Artifact) -> bool:
+def uses_phone_tool(device: Device, runtime: DeviceRuntime) -> bool:
+    """A phone without Python, and a runtime whose native benchmark tool the profile locates."""
     profile = device.profile
-    return isinstance(profile, AdbProfile) and artifact.target == "tflite" and bool(profile.benchmark_model) \
-        and not profile.python
+    return (isinstance(profile, AdbProfile) and runtime.phone_benchmark == "benchmark_model"
+            and bool(profile.benchmark_model) and not profile.python)
 
 
-def input_value_files(artifact: Artifact, samples: dict, folder: Path) -> dict[str, Path]:
-    """One held-out sample per input as the raw bytes benchmark_model reads
-    (--input_layer_value_files), keyed by the interpreter's tensor name: without them it would
-    time the model on random values, and random token ids are garbage."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    runner = Interpreter(model_path=str(artifact.main_file)).get_signature_runner()
-    tensor_names = {key: d["name"] for key, d in runner.get_input_details().items()}
-    files = {}
-    for k, spec in enumerate(artifact.inputs):
-        path = folder / f"input{k}.bin"
-        path.write_bytes(spec.from_source(samples[spec.name][:1]).tobytes())
-        files[tensor_names[spec.key]] = path
-    return files
-
-
-def bench_with_benchmark_model(device: AdbDevice, artifact: Artifact, settings: dict, samples: dict) -> dict:
-    """Push the .tflite file and one real sample, run benchmark_model on it, parse what it prints."""
+def bench_with_phone_tool(device: AdbDevice, artifact: Artifact, settings: dict, inputs: dict[str, bytes]) -> dict:
+    """Push the model file and one real sample per input (raw bytes by tensor name, as
+    --input_layer_value_files reads them: without them the tool times random values, and random
+    token ids are garbage), run TFLite's benchmark_model, parse what it prints."""
     job = f"{device.workdir.rstrip('/')}/job-{uuid.uuid4().hex[:12]}"
     model = artifact.files[0].path
     xnnpack = settings.get("options", {}).get("xnnpack", True)
     tmp = Path(tempfile.mkdtemp(prefix="edgeport-adb-"))
-    values = input_value_files(artifact, samples, tmp)
+    values = {}
+    for k, (name, data) in enumerate(inputs.items()):
+        values[name] = tmp / f"input{k}.bin"
+        values[name].write_bytes(data)
     argv = [device.profile.benchmark_model, f"--graph={job}/{model}", f"--num_threads={settings['threads']}",
             f"--warmup_runs={settings['warmup']}", f"--num_runs={settings['iterations']}",
-            f"--min_secs={settings['min_seconds']}", f"--use_xnnpack={'true' if xnnpack else 'false'}",
-            "--input_layer_value_files=" + ",".join(f"{name}:{job}/{path.name}" for name, path in values.items())]
+            f"--min_secs={settings['min_seconds']}", f"--use_xnnpack={'true' if xnnpack else 'false'}"]
+    if values:
+        argv.append("--input_layer_value_files=" + ",".join(f"{n}:{job}/{p.name}" for n, p in values.items()))
     try:
         device.push({model: artifact.root / model, **{p.name: p for p in values.values()}}, job)
         done = device.run(argv, device.profile.timeout)
@@ -118,8 +109,9 @@ def bench_with_benchmark_model(device: AdbDevice, artifact: Artifact, settings: 
     finally:
         device.remove(job)
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"device": device.name, "runtime": "tflite", "runtime_version": "benchmark_model", "threads": settings["threads"],
-            "warmup": settings["warmup"], "batch": 1, **parsed, "model_size_bytes": artifact.size_bytes,
+    return {"device": device.name, "runtime": artifact.target, "runtime_version": "benchmark_model",
+            "threads": settings["threads"], "warmup": settings["warmup"], "batch": 1, **parsed,
+            "model_size_bytes": artifact.size_bytes,
             "options": {"tool": "benchmark_model", "xnnpack": xnnpack, "clock": "benchmark_model",
                         "p5_ms": parsed.pop("p5_ms"), "p95_ms": parsed.pop("p95_ms")},
             "device_facts": device.facts()}

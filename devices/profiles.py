@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edgeport.errors import ConfigError, did_you_mean
 from edgeport.validation import explain, read_toml
 
-Runtime = Literal["onnxruntime", "openvino", "tflite"]
 
 
 def plain_word(value: str | None, tool: str, what: str) -> str | None:
@@ -41,7 +40,18 @@ class BaseProfile(BaseModel):
     threads: int = Field(0, ge=0, description="inference threads; 0 = every core of the device")
     python: str = Field("python3", description="the interpreter on the device that runs edgeport's runner")
     workdir: str = Field("/tmp/edgeport", description="where pushed files go (each job in its own folder, removed after)")
-    runtimes: list[Runtime] = Field(default_factory=list, description="runtimes the device is expected to have")
+    runtimes: list[str] = Field(default_factory=list, description="targets whose runtime the device is expected to have")
+
+    @field_validator("runtimes")
+    @classmethod
+    def known_runtimes(cls, names: list[str]) -> list[str]:
+        from edgeport import targets  # the target table: names only, no backend
+
+        known = targets.available()
+        for name in names:
+            if name not in known:
+                raise ValueError(f"unknown runtime {name!r}{did_you_mean(name, known)}; known: {', '.join(known)}")
+        return names
     timeout: float = Field(900.0, gt=0, description="seconds one benchmark may take on the device")
     source: str = Field("", exclude=True)  # the file it came from
 

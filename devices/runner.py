@@ -5,9 +5,10 @@ the host can copy it to a Raspberry Pi or a phone and run it there:
 
     python runner.py request.json result.json
 
-request.json names the model file, the runtime, the input specs and how long
-to measure; result.json gets the BenchResult fields and the device's facts.
-Nothing here imports edgeport.
+request.json names the model file, the loader (loader.py: the target's own
+`load` function, pushed beside this file), the samples to feed and how long to
+measure; result.json gets the BenchResult fields and the device's facts.
+Nothing here imports edgeport or names a runtime.
 """
 
 from __future__ import annotations
@@ -24,12 +25,6 @@ try:
 except ImportError:  # the probe still answers, saying numpy is missing
     np = None
 
-# The module each runtime is imported as, and the pip package that provides it.
-RUNTIME_PACKAGES = {
-    "onnxruntime": [("onnxruntime", "onnxruntime")],
-    "openvino": [("openvino", "openvino")],
-    "tflite": [("ai_edge_litert", "ai-edge-litert"), ("tflite_runtime", "tflite-runtime")],
-}
 MISSING_RUNTIME = 3  # exit code: the runtime (or numpy) is not installed here
 
 
@@ -117,8 +112,8 @@ def device_facts() -> dict:
     }
 
 
-# --- one loader per runtime: (path, threads, options, shapes) -> Loaded.
-# Inputs are bound once before timing, as an app reuses its input buffers (and as benchmark_app
+# --- the runtime: loader.py (from the target) defines load(path, threads, options, shapes) -> dict.
+# Inputs are bound before each timed call, as an app reuses its input buffers (and as benchmark_app
 # and benchmark_model measure): the timed call is the inference, not copying numpy arrays in.
 
 
@@ -127,97 +122,14 @@ class Loaded:
         self.version, self.ran, self.set_inputs, self.invoke, self.clock = version, ran, set_inputs, invoke, clock
 
 
-def load_onnxruntime(path: str, threads: int, options: dict, shapes: dict) -> Loaded:
-    import onnxruntime as ort
+def import_loader(path: str):
+    """The `load` function of the target's loader.py."""
+    import importlib.util
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-    binding = session.io_binding()
-
-    names = [o.name for o in session.get_outputs()]
-
-    def set_inputs(feeds):
-        for name, value in feeds.items():
-            binding.bind_cpu_input(name, value)
-        for name in names:
-            binding.bind_output(name, "cpu")
-
-    def invoke():
-        session.run_with_iobinding(binding)
-        return dict(zip(names, binding.get_outputs()))
-
-    return Loaded(ort.__version__, {"providers": ["CPUExecutionProvider"], "io": "bound once"}, set_inputs, invoke)
-
-
-def load_openvino(path: str, threads: int, options: dict, shapes: dict) -> Loaded:
-    import openvino as ov
-
-    core = ov.Core()
-    model = core.read_model(path)
-    if model.is_dynamic():  # fix the batch as a deployed app would: static shapes get faster kernels
-        model.reshape({name: list(shape) for name, shape in shapes.items()})
-    hint = options.get("hint", "f32")
-    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": options.get("performance_hint", "LATENCY").upper()}
-    if hint != "default":
-        config["INFERENCE_PRECISION_HINT"] = hint
-    if options.get("streams"):
-        config["NUM_STREAMS"] = str(options["streams"])
-    compiled = core.compile_model(model, "CPU", config)
-    request = compiled.create_infer_request()
-    ran = {"io": "bound once",
-        "hint": hint,
-        "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
-        "performance_hint": str(compiled.get_property("PERFORMANCE_HINT")),
-        "streams": int(compiled.get_property("NUM_STREAMS")),
-    }
-
-    def set_inputs(feeds):
-        for name, value in feeds.items():
-            request.set_tensor(name, ov.Tensor(value, shared_memory=True))
-
-    def invoke():
-        request.infer()
-        return {name: request.get_output_tensor(i).data for i, o in enumerate(compiled.outputs) for name in o.get_names()}
-
-    # OpenVINO times each request itself (what benchmark_app reports); the Python call adds
-    # a few microseconds that a C++ app does not pay. The wall-clock median is kept too.
-    return Loaded(ov.get_version(), ran, set_inputs, invoke, lambda: request.latency)
-
-
-def load_tflite(path: str, threads: int, options: dict, shapes: dict) -> Loaded:
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-        import ai_edge_litert as lib
-    except ImportError:  # older boards: the frozen tflite_runtime wheel
-        from tflite_runtime.interpreter import Interpreter
-        import tflite_runtime as lib
-    kwargs = {"num_threads": threads}
-    if options.get("xnnpack") is False:
-        from ai_edge_litert.interpreter import OpResolverType
-
-        kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    interpreter = Interpreter(model_path=path, **kwargs)
-    interpreter.allocate_tensors()
-    # Tensors are named by the signature's keys (tensor indices follow no useful order).
-    signature = interpreter.get_signature_runner()
-    ins = {k: d["index"] for k, d in signature.get_input_details().items()}
-    outs = {k: d["index"] for k, d in signature.get_output_details().items()}
-
-    def set_inputs(feeds):
-        for name, value in feeds.items():
-            interpreter.set_tensor(ins[name], value)
-
-    def invoke():
-        interpreter.invoke()
-        return {name: interpreter.get_tensor(index) for name, index in outs.items()}
-
-    ran = {"xnnpack": options.get("xnnpack", True), "io": "bound once"}
-    return Loaded(getattr(lib, "__version__", "unknown"), ran, set_inputs, invoke)
-
-
-LOADERS = {"onnxruntime": load_onnxruntime, "openvino": load_openvino, "tflite": load_tflite}
+    spec = importlib.util.spec_from_file_location("edgeport_runtime_loader", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.load
 
 
 def bench(request: dict, folder: str = ".") -> dict:
@@ -231,7 +143,8 @@ def bench(request: dict, folder: str = ".") -> dict:
     names = request["feeds"]["names"]
     samples = load_samples(os.path.join(folder, request["feeds"]["file"]), names)
     t0 = time.perf_counter()
-    loaded = LOADERS[runtime](model, threads, request.get("options", {}), {k: v.shape for k, v in samples[0].items()})
+    load = import_loader(os.path.join(folder, request["loader"]))
+    loaded = Loaded(**load(model, threads, request.get("options", {}), {k: v.shape for k, v in samples[0].items()}))
     loaded.set_inputs(samples[0])
     load_ms = (time.perf_counter() - t0) * 1e3
     t0 = time.perf_counter()
@@ -278,10 +191,11 @@ def run_samples(loaded: Loaded, path: str, names: list[str], folder: str) -> dic
     return {"file": file, "names": keys}
 
 
-def runtime_versions() -> dict:
-    """Each runtime's version here, or None when it does not import (with why)."""
+def runtime_versions(wanted: dict) -> dict:
+    """Each runtime's version here, or None when it does not import (with why). `wanted` maps a
+    runtime to its (module, pip package) alternatives, the first that imports wins."""
     found = {}
-    for runtime, candidates in RUNTIME_PACKAGES.items():
+    for runtime, candidates in wanted.items():
         found[runtime] = None
         for module, package in candidates:
             try:
@@ -297,12 +211,12 @@ def runtime_versions() -> dict:
     return found
 
 
-def probe() -> dict:
+def probe(wanted: dict) -> dict:
     """What `edgeport devices check` reports: facts, Python, numpy and each runtime."""
     if np is None:
         return {"arch": platform.machine(), "os": platform.platform(), "python": platform.python_version(),
                 "numpy": None, "runtimes": {}}
-    return {**device_facts(), "runtimes": runtime_versions()}
+    return {**device_facts(), "runtimes": runtime_versions(wanted)}
 
 
 def write_json(path: str, data: dict) -> None:
@@ -313,11 +227,11 @@ def write_json(path: str, data: dict) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) == 2 and argv[1] == "--probe":
-        print(json.dumps(probe()))
+    if len(argv) == 3 and argv[1] == "--probe":
+        print(json.dumps(probe(json.loads(argv[2]))))
         return 0
     if len(argv) != 3:
-        print("usage: runner.py request.json result.json | runner.py --probe", file=sys.stderr)
+        print("usage: runner.py request.json result.json | runner.py --probe RUNTIMES_JSON", file=sys.stderr)
         return 2
     with open(argv[1]) as f:
         request = json.load(f)
@@ -329,7 +243,7 @@ def main(argv: list[str]) -> int:
     except ImportError as e:
         # Tell the host exactly what is missing, so it can print the pip line.
         missing = e.name or str(e)
-        packages = {m: p for candidates in RUNTIME_PACKAGES.values() for m, p in candidates}
+        packages = dict(request.get("modules", []))
         write_json(argv[2], {"error": "missing-module", "module": missing,
                              "package": packages.get(missing, missing), "detail": str(e)[:300]})
         return MISSING_RUNTIME

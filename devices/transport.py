@@ -102,18 +102,3 @@ def run_local(argv: list[str], timeout: float, stdin: bytes | None, what: str) -
     except subprocess.TimeoutExpired as e:
         raise DeviceError(f"{what}: no answer within {timeout:.0f} s ({shlex.join(argv[:3])} …)") from e
     return Completed(proc.returncode, proc.stdout, proc.stderr.decode(errors="replace"))
-
-
-def open_device(profile: BaseProfile) -> Device:
-    """The transport a profile names."""
-    if profile.transport == "ssh":
-        from edgeport.devices.ssh import SshDevice
-
-        return SshDevice(profile)
-    if profile.transport == "adb":
-        from edgeport.devices.adb import AdbDevice
-
-        return AdbDevice(profile)
-    from edgeport.devices.local import LocalDevice
-
-    return LocalDevice(profile)

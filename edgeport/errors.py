@@ -48,10 +48,19 @@ class RunFolderBusyError(EdgeportError):
     """Another edgeport process is working in the same run folder."""
 
 
+class BudgetNotMetError(EdgeportError):
+    """`edgeport tune`: no candidate meets the [search] budget (the closest is named)."""
+
+
 class VerificationError(EdgeportError):
-    """An export does not compute what the original did (outside tolerance)."""
+    """An artifact does not compute what the original did (outside tolerance), or could not be
+    built, verified or timed. `failures` names each; `result` is the run's result, for reporting."""
 
     exit_code = 3
+
+    def __init__(self, failures: list[str], result=None):
+        self.failures, self.result = list(failures), result
+        super().__init__(f"{len(self.failures)} failure(s): " + "; ".join(self.failures))
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

@@ -13,13 +13,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from edgeport.types import OutputMetrics
 
 SQNR_CAP_DB = 300.0  # identical outputs: a large finite number (JSON has no infinity)
 # Below this share of its energy varying with the input, an output is judged on that varying part.
 INPUT_DEPENDENCE_FLOOR = 0.01
-BUDGET_KEYS = ("min_cosine", "min_sample_cosine", "min_sqnr_db", "max_abs", "min_top1_agreement", "max_accuracy_drop")
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -87,53 +87,77 @@ def accuracy(scores: np.ndarray, labels: np.ndarray | None) -> float | None:
     return float((scores.argmax(1) == labels).mean())
 
 
-def judge(outputs: list[OutputMetrics], limits: dict, accuracy_now: float | None = None,
-          reference_accuracy: float | None = None, strict: bool = False) -> list[str]:
-    """What misses `limits` (any BUDGET_KEYS with a value), one line each naming output, metric,
-    value and limit. The worst output decides: every output is checked. `strict` (a budget to
-    meet, not a tolerance) also fails a limit nothing could be measured for: top-1 agreement
-    without a class-score output, an accuracy drop without labels."""
-    failures = []
-    if strict and limits.get("min_top1_agreement") is not None and all(m.top1_agreement is None for m in outputs):
-        failures.append("no top-1 agreement: no output holds class scores (set model.class_scores)")
-    if strict and limits.get("max_accuracy_drop") is not None and accuracy_now is None:
-        failures.append("no accuracy: the evaluation data has no labels for a class-score output")
-    checks = [("min_cosine", "cosine", lambda m: m.cosine, lambda v, lim: v < lim),
-              ("min_sample_cosine", "worst-sample cosine", lambda m: m.cosine_min, lambda v, lim: v < lim),
-              ("min_sqnr_db", "SQNR", lambda m: m.sqnr_db, lambda v, lim: v < lim),
-              ("max_abs", "max abs error", lambda m: m.max_abs, lambda v, lim: v > lim),
-              ("min_top1_agreement", "top-1 agreement", lambda m: m.top1_agreement, lambda v, lim: v < lim)]
-    for m in outputs:
-        for key, label, value, missed in checks:
-            limit, v = limits.get(key), value(m)
-            if limit is not None and v is not None and missed(v, limit):
-                part = " (input-dependent part)" if m.centred and "cosine" in label or m.centred and key == "min_sqnr_db" else ""
+class Budget(BaseModel):
+    """Limits on how far an artifact may be from PyTorch: a verification tolerance, an
+    accuracy-aware int8 goal and a search budget are all one of these. Every output is checked
+    and the worst decides."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    min_cosine: float | None = Field(None, ge=-1, le=1, description="mean per-sample cosine of every output")
+    min_sample_cosine: float | None = Field(None, ge=-1, le=1, description="the worst sample's cosine")
+    min_sqnr_db: float | None = Field(None, le=300, description="dB; identical outputs score 300")
+    max_abs: float | None = Field(None, ge=0)
+    min_top1_agreement: float | None = Field(None, ge=0, le=1, description="a fraction, class-score outputs")
+    max_accuracy_drop: float | None = Field(None, ge=0, le=100, description="percentage points below PyTorch")
+
+    @property
+    def limits(self) -> dict:
+        return self.model_dump(exclude_none=True)
+
+    def describe(self) -> str:
+        return ", ".join(f"{k} = {v}" for k, v in self.limits.items())
+
+    def misses(self, outputs: list[OutputMetrics], accuracy_now: float | None = None,
+               reference_accuracy: float | None = None, strict: bool = False) -> list[str]:
+        """What misses a limit, one line each naming output, metric, value and limit. `strict` (a
+        budget to meet, not a tolerance) also fails a limit nothing could be measured for: top-1
+        agreement without a class-score output, an accuracy drop without labels."""
+        failures = []
+        if strict and self.min_top1_agreement is not None and all(m.top1_agreement is None for m in outputs):
+            failures.append("no top-1 agreement: no output holds class scores (set model.class_scores)")
+        if strict and self.max_accuracy_drop is not None and accuracy_now is None:
+            failures.append("no accuracy: the evaluation data has no labels for a class-score output")
+        for m in outputs:
+            for key, label, value in CHECKS:
+                limit, v = getattr(self, key), getattr(m, value)
+                if limit is None or v is None or not (v > limit if key == "max_abs" else v < limit):
+                    continue
+                part = " (input-dependent part)" if m.centred and key in ("min_cosine", "min_sample_cosine",
+                                                                          "min_sqnr_db") else ""
                 failures.append(f"output {m.name!r}: {label}{part} {v:.6g} outside {key} = {limit}")
-    drop = limits.get("max_accuracy_drop")
-    if drop is not None and accuracy_now is not None and reference_accuracy is not None:
-        points = (reference_accuracy - accuracy_now) * 100
-        if points > drop:
-            failures.append(f"accuracy {accuracy_now:.2%} is {points:.2f} points below PyTorch's "
-                            f"{reference_accuracy:.2%} (max_accuracy_drop = {drop:g})")
-    return failures
+        if self.max_accuracy_drop is not None and accuracy_now is not None and reference_accuracy is not None:
+            points = (reference_accuracy - accuracy_now) * 100
+            if points > self.max_accuracy_drop:
+                failures.append(f"accuracy {accuracy_now:.2%} is {points:.2f} points below PyTorch's "
+                                f"{reference_accuracy:.2%} (max_accuracy_drop = {self.max_accuracy_drop:g})")
+        return failures
+
+    def shortfall(self, outputs: list[OutputMetrics], accuracy_now: float | None = None,
+                  reference_accuracy: float | None = None) -> float:
+        """How far the first limit given misses (0 when met), in its own unit: ranks near misses."""
+        for key in ("min_top1_agreement", "max_accuracy_drop", "min_cosine", "min_sample_cosine", "min_sqnr_db",
+                    "max_abs"):
+            limit = getattr(self, key)
+            if limit is None:
+                continue
+            if key == "max_accuracy_drop":
+                if accuracy_now is None or reference_accuracy is None:
+                    return 100.0
+                return max(0.0, (reference_accuracy - accuracy_now) * 100 - limit)
+            values = [getattr(m, FIELDS[key]) for m in outputs if getattr(m, FIELDS[key]) is not None]
+            if not values:
+                return 1.0
+            worst = max(values) if key == "max_abs" else min(values)
+            return max(0.0, (worst - limit) if key == "max_abs" else (limit - worst))
+        return 0.0
+
+    def updated(self, other: Budget) -> Budget:
+        """This budget with the limits `other` sets."""
+        return self.model_copy(update=other.model_dump(exclude_unset=True))
 
 
-def shortfall(outputs: list[OutputMetrics], limits: dict, accuracy_now: float | None = None,
-              reference_accuracy: float | None = None) -> float:
-    """How far the first limit given misses (0 when met), in its own unit: ranks near misses."""
-    for key in ("min_top1_agreement", "max_accuracy_drop", "min_cosine", "min_sample_cosine", "min_sqnr_db", "max_abs"):
-        limit = limits.get(key)
-        if limit is None:
-            continue
-        if key == "max_accuracy_drop":
-            if accuracy_now is None or reference_accuracy is None:
-                return 100.0
-            return max(0.0, (reference_accuracy - accuracy_now) * 100 - limit)
-        field = {"min_cosine": "cosine", "min_sample_cosine": "cosine_min", "min_sqnr_db": "sqnr_db",
-                 "max_abs": "max_abs", "min_top1_agreement": "top1_agreement"}[key]
-        values = [getattr(m, field) for m in outputs if getattr(m, field) is not None]
-        if not values:
-            return 1.0
-        worst = max(values) if key == "max_abs" else min(values)
-        return max(0.0, (worst - limit) if key == "max_abs" else (limit - worst))
-    return 0.0
+CHECKS = [("min_cosine", "cosine", "cosine"), ("min_sample_cosine", "worst-sample cosine", "cosine_min"),
+          ("min_sqnr_db", "SQNR", "sqnr_db"), ("max_abs", "max abs error", "max_abs"),
+          ("min_top1_agreement", "top-1 agreement", "top1_agreement")]
+FIELDS = {key: value for key, _, value in CHECKS}

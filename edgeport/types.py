@@ -297,6 +297,7 @@ class CalibrationSet(BaseModel):
     source: str
     seed: int
     digest: str = ""  # content hash, the cache key of everything quantized from it
+    path: str | None = None  # the .npz it was saved as, once saved
 
     def __len__(self) -> int:
         return len(next(iter(self.inputs.values())))
@@ -309,3 +310,14 @@ class CalibrationSet(BaseModel):
     def samples(self):
         """Feed dicts of one sample each (batch dimension kept)."""
         return self.batches(1)
+
+
+class DeviceRuntime(BaseModel):
+    """What a device needs from a target to run its artifacts, handed to the device layer (which
+    names no runtime): the source of the target's loader for the runner, the modules to import
+    (and the pip packages that provide them), and a native benchmark tool for phones without Python."""
+
+    name: str
+    loader: str
+    modules: list[tuple[str, str]]
+    phone_benchmark: str | None = None

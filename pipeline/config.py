@@ -11,6 +11,7 @@ from edgeport import targets
 from edgeport.errors import ConfigError, did_you_mean
 from edgeport.validation import explain, read_toml
 from edgeport.pipeline.compress.configs import CompressConfig
+from edgeport.metrics import Budget
 from edgeport.types import TENSOR_DTYPES, Precision, TensorSpec
 
 PRECISIONS = get_args(Precision)
@@ -103,113 +104,33 @@ class DataConfig(Strict):
 CalibrationMethod = Literal["minmax", "entropy", "percentile"]
 
 
-class OnnxRuntimeOptions(Strict):
-    precisions: list[Literal["fp32", "int8"]] = ["fp32", "int8"]
-    calibration_method: CalibrationMethod | list[CalibrationMethod] = Field(
-        "minmax", description="one method, or a list to build and compare one int8 artifact per method")
-    per_channel: bool = True
-    entropy_bins: int = Field(2048, ge=256, description="histogram bins of the entropy calibration")
-    symmetric_activations: bool = Field(False, description="int8 activations symmetric around 0 (else uint8 asymmetric)")
-    model_type: Literal["auto", "cnn", "transformer"] = Field(
-        "auto", description="transformer: quantize only MatMul/Gemm/Conv (an attention mask's -10000 and Softmax "
-                            "stay float); auto: transformer when the graph has Softmax or LayerNormalization")
-    smooth_quant: Literal["auto", "on", "off"] = Field(
-        "auto", description="transformers: SmoothQuant moves activation outliers into the weights; auto builds "
-                            "both and keeps the one closer to fp32 on calibration data")
-    max_accuracy_drop: float | None = Field(None, ge=0, description="accuracy-aware int8: keep the most sensitive "
-                                            "layers in float until int8 is within this many points on labelled "
-                                            "calibration data (else min_cosine, default 0.99, decides)")
-    min_cosine: float | None = Field(None, gt=0, le=1, description="accuracy-aware int8: output cosine floor")
-    min_top1_agreement: float | None = Field(None, gt=0, le=1, description="accuracy-aware int8: share of "
-                                             "calibration samples whose top class matches the float model's")
-    max_float_layers: int = Field(4, ge=0, description="accuracy-aware: at most this many layers kept in float")
-
-
-class OpenVinoOptions(Strict):
-    precisions: list[Literal["fp32", "fp16", "int8"]] = ["fp32", "fp16", "int8"]
-    preset: Literal["performance", "mixed"] = Field(
-        "performance", description="performance: symmetric int8 activations; mixed: asymmetric activations")
-    range_estimator: Literal["default", "minmax", "mean_minmax", "median_minmax", "mean_no_outliers_minmax",
-                             "mean_quantile", "histogram"] = Field("default", description="NNCF activation range estimator")
-    per_channel: bool = Field(True, description="per-channel int8 weights (else one scale per tensor)")
-    model_type: Literal["auto", "cnn", "transformer"] = "auto"
-    fast_bias_correction: bool = True
-    smooth_quant: Literal["auto", "on", "off"] = Field(
-        "auto", description="transformers only; auto builds both and keeps the one closer to fp32 on calibration data"
-    )
-    hint: list[Literal["f32", "bf16", "default"]] = Field(
-        ["f32"], description="INFERENCE_PRECISION_HINT(s) to benchmark; verification always runs f32"
-    )
-    max_accuracy_drop: float | None = Field(None, ge=0, description="accuracy-aware int8 (see onnxruntime)")
-    min_cosine: float | None = Field(None, gt=0, le=1, description="accuracy-aware int8 (see onnxruntime)")
-    min_top1_agreement: float | None = Field(None, gt=0, le=1, description="accuracy-aware int8 (see onnxruntime)")
-    max_float_layers: int = Field(4, ge=0)
-    performance_hint: Literal["latency", "throughput"] = "latency"
-    streams: int = Field(1, ge=0, description="NUM_STREAMS; 0 lets OpenVINO choose")
-
-    @field_validator("hint", mode="before")
-    @classmethod
-    def one_or_many(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
-
-
-class PluginTargetOptions(BaseModel):
-    """Options of a third-party target: passed through as given."""
-
-    model_config = ConfigDict(extra="allow")
-    precisions: list[str] = ["fp32"]
-
-
-class TfliteOptions(Strict):
-    precisions: list[Literal["fp32", "fp16", "int8-dynamic", "int8", "full-int8"]] = ["fp32", "fp16", "int8", "full-int8"]
-    converter: Literal["litert-torch", "onnx2tf"] = Field(
-        "litert-torch", description="for fp32/fp16/int8-dynamic/int8; full-int8 always goes through onnx2tf"
-    )
-    per_channel: bool = True
-    xnnpack: bool = Field(True, description="benchmark with the XNNPACK delegate (the default CPU path)")
-
-
-TARGET_OPTIONS: dict[str, type[BaseModel]] = {
-    "onnxruntime": OnnxRuntimeOptions, "openvino": OpenVinoOptions, "tflite": TfliteOptions,
-}
-
-
-class Tolerance(Strict):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    min_cosine: float | None = Field(None, ge=-1, le=1)
-    min_sqnr_db: float | None = Field(None, le=300, description="dB; identical outputs score 300")
-    max_abs: float | None = Field(None, ge=0)
-    min_top1_agreement: float | None = Field(None, ge=0, le=1, description="a fraction")
-    max_accuracy_drop: float | None = Field(None, ge=0, le=100, description="percentage points below the PyTorch model")
+Tolerance = Budget  # [verify.tolerances.PRECISION]: the limits verification holds an artifact to
 
 
 DEFAULT_TOLERANCES = {
-    "fp32": Tolerance(min_cosine=0.9999, max_abs=1e-3),
-    "fp16": Tolerance(min_cosine=0.999),
-    "int8": Tolerance(min_cosine=0.99, max_accuracy_drop=1.0),
+    "fp32": Budget(min_cosine=0.9999, max_abs=1e-3),
+    "fp16": Budget(min_cosine=0.999),
+    "int8": Budget(min_cosine=0.99, max_accuracy_drop=1.0),
 }
 
 
 class VerifyConfig(Strict):
     batch: int = Field(64, gt=0)
-    tolerances: dict[str, Tolerance] = Field(default_factory=dict, description="[verify.tolerances.PRECISION]")
+    tolerances: dict[str, Budget] = Field(default_factory=dict, description="[verify.tolerances.PRECISION]")
 
     @field_validator("tolerances")
     @classmethod
-    def known_precisions(cls, tolerances: dict[str, Tolerance]) -> dict[str, Tolerance]:
+    def known_precisions(cls, tolerances: dict[str, Budget]) -> dict[str, Budget]:
         for precision in tolerances:
             if precision not in PRECISIONS:
                 raise ValueError(f"unknown precision {precision!r}{did_you_mean(precision, PRECISIONS)}; "
                                  f"[verify.tolerances.X] takes {', '.join(PRECISIONS)}")
         return tolerances
 
-    def tolerance(self, precision: str) -> Tolerance:
+    def tolerance(self, precision: str) -> Budget:
         default = DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["int8"])
         given = self.tolerances.get(precision)
-        if given is None:
-            return default
-        return default.model_copy(update=given.model_dump(exclude_unset=True))
+        return default if given is None else default.updated(given)
 
 
 class BenchDevice(Strict):
@@ -226,7 +147,9 @@ class BenchConfig(Strict):
     iterations: int = Field(100, gt=0, description="at least this many timed runs")
     min_seconds: float = Field(2.0, ge=0, description="and at least this long")
     warmup: int = Field(10, ge=0)
-    threads: int = Field(0, ge=0, description="0 = every core of the machine")
+    threads: int | None = Field(None, ge=0, description="inference threads on every device (0 = all its cores); "
+                                "default: each device profile's (local: every core). A [[bench.devices]] entry's "
+                                "threads win over this, and --threads over both files")
     baseline: bool = Field(True, description="also time PyTorch eager fp32 with the same harness")
     devices: list[BenchDevice] = Field(default_factory=list, description="[[bench.devices]]; none = this machine")
     device_verify_samples: int = Field(100, ge=0, description="held-out samples run on each non-local device")
@@ -263,9 +186,9 @@ class SearchConfig(Strict):
         return self
 
     @property
-    def budget(self) -> dict:
-        return {k: getattr(self, k) for k in ("min_top1_agreement", "max_accuracy_drop", "min_cosine")
-                if getattr(self, k) is not None}
+    def budget(self) -> Budget:
+        return Budget(min_top1_agreement=self.min_top1_agreement, max_accuracy_drop=self.max_accuracy_drop,
+                      min_cosine=self.min_cosine)
 
 
 class PackageConfig(Strict):
@@ -279,7 +202,7 @@ class RunConfig(Strict):
     model: ModelConfig
     data: DataConfig = DataConfig()
     compress: list[CompressConfig] = Field(default_factory=list, description="[[compress]] steps, in order")
-    targets: dict[str, dict] = Field(default_factory=lambda: {"onnxruntime": {}})
+    targets: dict[str, dict] = Field(default_factory=lambda: {targets.DEFAULT: {}})
     verify: VerifyConfig = VerifyConfig()
     bench: BenchConfig = BenchConfig()
     devices: DevicesConfig = DevicesConfig()
@@ -297,8 +220,9 @@ class RunConfig(Strict):
                 raise ValueError(f"unknown target {name!r}{did_you_mean(name, known)}; known: {', '.join(known)}")
         return self
 
-    def target_options(self, name: str) -> BaseModel:
-        schema = TARGET_OPTIONS.get(name, PluginTargetOptions)
+    def target_options(self, name: str):
+        """`[targets.NAME]` validated by the target's own options model."""
+        schema = targets.options_model(name)
         return schema.model_validate(self.targets.get(name, {}))
 
     def resolve_path(self, value: str) -> Path:
@@ -318,7 +242,7 @@ def parse(data: dict, where: str, base_dir: Path) -> RunConfig:
             try:
                 config.target_options(name)
             except ValidationError as e:
-                raise explain(e, f"{where} [targets.{name}]", TARGET_OPTIONS.get(name, PluginTargetOptions)) from None
+                raise explain(e, f"{where} [targets.{name}]", targets.options_model(name)) from None
         return config
     except ValidationError as e:
         raise explain(e, where, RunConfig) from None

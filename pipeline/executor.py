@@ -31,9 +31,14 @@ class LocalPool:
                 yield futures[future], outcome(future.result)
 
 
+    def close(self) -> None:
+        """Each run() already ended its processes."""
+
+
 class RayPool:
     def __init__(self, address: str = "local", workers: int = 0):
         self.ray = require("ray", "ray")
+        self.started_here = not self.ray.is_initialized() and address == "local"
         if not self.ray.is_initialized():
             try:
                 if address == "local":  # a Ray instance of its own on this machine
@@ -45,6 +50,11 @@ class RayPool:
                 raise ConfigError(f"cannot reach the Ray cluster at {address!r}: {e}") from e
         cpus = int(self.ray.cluster_resources().get("CPU", 0))
         self.description = f"Ray at {address}, {cpus} CPU(s)"
+
+    def close(self) -> None:
+        """A Ray started here stops (its workers would share the cores a benchmark times on)."""
+        if self.started_here and self.ray.is_initialized():
+            self.ray.shutdown()
 
     def run(self, fn: Callable[[dict], dict], tasks: list[dict]) -> Iterator[tuple[dict, dict]]:
         remote = self.ray.remote(num_cpus=1)(fn)

@@ -8,38 +8,34 @@ import re
 import shutil
 from pathlib import Path
 
+from edgeport import targets as target_table
 from edgeport.errors import ConfigError, did_you_mean
 from edgeport.pipeline.bundle_io import archive_kind, bundle_files, write_archive
-from edgeport.pipeline.bundle_templates import c_array, cpp_example, python_example
+from edgeport.pipeline.bundle_templates import python_example
+from edgeport.pipeline.report_model import Entry, Report
+from edgeport.targets.base import function_source
 from edgeport.types import Artifact, sha256_file
 
-RUNTIMES = {  # what the bundle needs on the device; opset 20 needs ONNX Runtime 1.17
-    "onnxruntime": {"name": "onnxruntime", "min_version": "1.17", "pip": "onnxruntime>=1.17"},
-    "openvino": {"name": "openvino", "min_version": "2024.0", "pip": "openvino>=2024.0"},
-    "tflite": {"name": "ai-edge-litert", "min_version": "1.0", "pip": "ai-edge-litert>=1.0"},
-}
-ANDROID_TARGETS = ("tflite", "onnxruntime")
 
-
-def choose(report: dict, targets: list[str] | None, precisions: list[str] | None, ids: list[str] | None = None) -> list[dict]:
+def choose(report: Report, targets: list[str] | None, precisions: list[str] | None,
+           ids: list[str] | None = None) -> list[Entry]:
     """Per target: the requested precisions, or else the fastest artifact that passed verification."""
     if ids:  # exactly these artifacts (the search's choice)
-        return [a for a in report["artifacts"] if a["id"] in ids]
-    known = sorted({a["target"] for a in report["artifacts"]})
+        return [a for a in report.artifacts if a.id in ids]
+    known = sorted({a.target for a in report.artifacts})
     for t in targets or []:
         if t not in known:
             raise ConfigError(f"the run has no {t!r} artifact{did_you_mean(t, known)}; it has {', '.join(known)}")
     chosen = []
     for target in targets or known:
-        candidates = [a for a in report["artifacts"] if a["target"] == target and (a["verify"] or {}).get("passed")]
+        candidates = [a for a in report.artifacts if a.target == target and a.passed]
         if precisions:
-            picked = [a for a in candidates if a["precision"] in precisions]
+            picked = [a for a in candidates if a.precision in precisions]
             if not picked:
                 raise ConfigError(f"no verified {target} artifact with precision {', '.join(precisions)}")
             chosen += picked
         elif candidates:
-            chosen.append(min(candidates, key=lambda a: (min((b["p50_ms"] or 1e9 for b in a["bench"]), default=1e9),
-                                                         a["size_bytes"])))
+            chosen.append(min(candidates, key=lambda a: (a.best_p50_ms, a.size_bytes)))
     return chosen
 
 
@@ -98,10 +94,11 @@ def self_test_limits(verification: dict) -> dict:
             "min_sqnr_db": round(min(40.0, max(0.0, verification["sqnr_db"] - 10)), 2)}
 
 
-def build_bundle(report: dict, entry: dict, run_dir: Path, out: Path) -> Path:
+def build_bundle(report: Report, entry: Entry, run_dir: Path, out: Path) -> Path:
     """Write one bundle folder at `out` (temporary name first, renamed when complete)."""
-    artifact = Artifact.load(run_dir / entry["path"]) if not Path(entry["path"]).is_absolute() else Artifact.load(entry["path"])
-    model = report["model"]
+    artifact = Artifact.load(run_dir / entry.path)
+    target = target_table.get(artifact.target)
+    model = report.model
     partial = out.with_name(f".{out.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -111,30 +108,20 @@ def build_bundle(report: dict, entry: dict, run_dir: Path, out: Path) -> Path:
     if model.get("labels"):
         (partial / "labels.txt").write_text("\n".join(model["labels"]) + "\n")
         labels = "labels.txt"
-    (partial / "example.py").write_text(python_example(artifact.target))
-    if artifact.target == "tflite":
-        symbol = "g_model"
-        header, source = c_array(symbol, artifact.main_file.read_bytes())
-        (partial / "model_data.h").write_text(header)
-        (partial / "model_data.cc").write_text(source)
-    if artifact.target in ANDROID_TARGETS:  # copy as is into app/src/main/assets/
-        (partial / "assets").mkdir()
-        shutil.copyfile(artifact.main_file, partial / "assets" / artifact.files[0].path)
-        if labels:
-            shutil.copyfile(partial / "labels.txt", partial / "assets" / "labels.txt")
+    (partial / "example.py").write_text(python_example(function_source(target.example_loader)))
     samples = run_dir / "verify" / "samples.npz"
     if samples.is_file():
         shutil.copyfile(samples, partial / "samples.npz")
     best = {}
-    for b in entry["bench"]:
-        if b["p50_ms"] is not None and (b["device"] not in best or b["p50_ms"] < best[b["device"]]["p50_ms"]):
-            best[b["device"]] = b
+    for b in entry.bench:
+        if b.p50_ms is not None and (b.device not in best or b.p50_ms < best[b.device].p50_ms):
+            best[b.device] = b
     manifest = {
         "schema_version": 1,
         "model": {"name": model["name"], "version": model["version"], "source": model["source"],
                   "source_sha256": model["sha256"]},
         "target": artifact.target,
-        "runtime": RUNTIMES[artifact.target],
+        "runtime": target.bundle_runtime,
         "precision": artifact.precision,
         "converter": artifact.converter,
         "model_file": artifact.files[0].path,
@@ -144,15 +131,14 @@ def build_bundle(report: dict, entry: dict, run_dir: Path, out: Path) -> Path:
         "labels": labels,
         "class_scores": model.get("class_scores", []),
         "state": model.get("state", {}),
-        "self_test": self_test_limits(entry["verify"]) if samples.is_file() else None,
-        "verification": entry["verify"],
-        "benchmarks": [{k: b[k] for k in ("device", "runtime", "runtime_version", "threads", "p50_ms", "p90_ms",
-                                          "p99_ms", "device_facts", "options")} for b in best.values()],
+        "self_test": self_test_limits(entry.verify) if samples.is_file() else None,
+        "verification": entry.verify,
+        "benchmarks": [b.model_dump(include={"device", "runtime", "runtime_version", "threads", "p50_ms", "p90_ms",
+                                             "p99_ms", "device_facts", "options"}) for b in best.values()],
         "quantization": artifact.options.get("quantization"),
         "tools": artifact.provenance.get("tool_versions", {}),
     }
-    if artifact.target == "tflite":
-        (partial / "example.cc").write_text(cpp_example(manifest))
+    target.bundle_extras(artifact, manifest, partial)  # e.g. a C array and assets/ for an Android app
     (partial / "README.md").write_text(readme(manifest))
     manifest["files"] = [{"path": n, "sha256": sha256_file(partial / n), "size_bytes": (partial / n).stat().st_size}
                          for n in bundle_files(partial)]
@@ -163,24 +149,10 @@ def build_bundle(report: dict, entry: dict, run_dir: Path, out: Path) -> Path:
     return out
 
 
-def read_report(run_dir: Path) -> dict:
-    """A finished run's report.json."""
-    path = run_dir / "report.json"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir}: no report.json; is this a finished run folder?")
-    try:
-        report = json.loads(path.read_text())
-    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ConfigError(f"{path} is truncated or not JSON ({e.__class__.__name__}); run the pipeline again") from e
-    if not isinstance(report, dict) or not isinstance(report.get("artifacts"), list):
-        raise ConfigError(f"{path} is not an edgeport report (it has no artifacts list); run the pipeline again")
-    return report
-
-
 def package(run_dir: Path, targets: list[str] | None = None, precisions: list[str] | None = None,
             out: Path | None = None, ids: list[str] | None = None) -> list[Path]:
     """Bundles for a finished run: folders under runs/<name>/bundles/, or archives/folders at `out`."""
-    report = read_report(run_dir)
+    report = Report.load(run_dir)
     chosen = choose(report, targets, precisions, ids)
     if not chosen:
         raise ConfigError(f"{run_dir}: no artifact passed verification; nothing to package")
@@ -195,8 +167,8 @@ def package(run_dir: Path, targets: list[str] | None = None, precisions: list[st
     folder = run_dir / "bundles" if out is None or kind else out
     made = []
     for entry in chosen:
-        slug = "-".join(filter(None, [entry["target"], entry["precision"], entry.get("variant")]))
-        name = re.sub(r"[^A-Za-z0-9._-]", "-", f"{report['model']['name']}-{slug}")
+        slug = "-".join(filter(None, [entry.target, entry.precision, entry.variant]))
+        name = re.sub(r"[^A-Za-z0-9._-]", "-", f"{report.model['name']}-{slug}")
         bundle = build_bundle(report, entry, run_dir, folder / name)
         made.append(write_archive(bundle, out) if kind else bundle)
     return made

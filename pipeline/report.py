@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from edgeport.pipeline import report_html
+from edgeport.pipeline.plots import fmt, new_figure, save_figure
 from edgeport.types import write_text_atomic
 
 SCHEMA_VERSION = 1
@@ -94,10 +95,6 @@ def report_json(result) -> dict:
         "compression": result.compression,
         **({"search": result.search} if result.search else {}),
     }
-
-
-def fmt(value, spec: str, none: str = "—") -> str:
-    return none if value is None else format(value, spec)
 
 
 def metrics_note(result) -> str:
@@ -242,25 +239,6 @@ def plot(rows: list[dict], path: Path) -> bool:
     ax.grid(True, alpha=0.3)
     save_figure(fig, path)
     return True
-
-
-def new_figure(height: float):
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display: write files only
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=(6.5, height), dpi=110)
-
-
-def save_figure(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.partial.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
 
 
 def sensitivity_chart(layers: list[dict], title: str, path: Path) -> None:

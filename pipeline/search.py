@@ -1,18 +1,20 @@
 """`edgeport tune`: find, for one device, the fastest (or smallest) artifact that still meets an
 accuracy budget on held-out data.
 
-Candidates are targets x precisions x calibration methods x accuracy-aware fallback (on/off).
-Each is built and verified through the same cached stages as `edgeport run` (so a re-run
-builds nothing new), in waves that prune what cannot succeed:
+Candidates are targets x precisions x calibration methods x accuracy-aware fallback (on/off),
+each target saying which of these axes it has (Target.search_axes). Each is built and verified
+through the same stage functions as `edgeport run` (so a re-run builds nothing new), in waves
+that prune what cannot succeed:
 
 1. float exports, in this process: an integer candidate whose fp32 parent fails verification
    is not built;
 2. plain int8 candidates, in parallel (a process pool or Ray);
 3. accuracy-aware candidates, in parallel, only where the plain int8 model of the same target
    and method missed the budget (else the fallback would keep nothing in float);
-4. benchmarks, one at a time per device, of the candidates that passed verification: those
-   within the budget compete; those outside it are timed too, so the latency Pareto front shows
-   what the budget costs. A candidate that failed verification is never benchmarked.
+4. benchmarks, after every build has finished, one at a time per device (this machine last and
+   alone, so nothing else runs while it times): those within the budget compete; those outside
+   it are timed too, so the latency Pareto front shows what the budget costs. A candidate that
+   failed verification is never benchmarked.
 """
 
 from __future__ import annotations
@@ -24,19 +26,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from edgeport import targets
-from edgeport.errors import ConfigError
-from edgeport.pipeline.config import RunConfig, parse
-from edgeport.pipeline.run import FLOAT_PRECISIONS, ArtifactResult, Planned, Run, RunResult, precision_rank
+from edgeport.errors import BudgetNotMetError, ConfigError
+from edgeport.pipeline.benchmark import BenchService
+from edgeport.pipeline.build import Planned, build, float_parent, precision_rank
+from edgeport.pipeline.config import BenchDevice, RunConfig, parse
+from edgeport.pipeline.run import ArtifactResult, RunResult, bench_baseline, bench_on, isolated, model_info, prepare
 from edgeport.pipeline.stages import Event, Listener
-from edgeport.types import Artifact
-
-# How each target names a calibration method (OpenVINO: the NNCF range estimator closest to it).
-METHODS = {
-    "onnxruntime": ("calibration_method", {"minmax": "minmax", "entropy": "entropy", "percentile": "percentile"}),
-    "openvino": ("range_estimator", {"minmax": "minmax", "entropy": "histogram", "percentile": "mean_quantile"}),
-}
-AWARE_TARGETS = ("onnxruntime", "openvino")  # targets with per-layer float fallback
-RUNTIME_ONLY = ("precisions", "hint", "performance_hint", "streams", "xnnpack")
+from edgeport.pipeline.verify import verify
+from edgeport.pipeline.workspace import Workspace
+from edgeport.targets.base import TargetOptions
+from edgeport.metrics import Budget
+from edgeport.types import Artifact, OutputMetrics
 
 
 @dataclass
@@ -45,7 +45,7 @@ class Candidate:
     precision: str
     method: str | None = None
     aware: bool = False
-    options: dict = field(default_factory=dict)
+    options: TargetOptions | None = None
     status: str = "pending"  # kept | chosen | rejected | pruned | failed
     reason: str = ""
     artifact_id: str | None = None
@@ -64,12 +64,12 @@ class Candidate:
         return f"{self.target}/{self.precision}" + (f"/{self.variant}" if self.variant else "")
 
 
-def base_options(config: RunConfig, name: str) -> dict:
-    """A target's options from [targets.NAME] without the runtime-only ones (they do not change the file)."""
-    options = config.target_options(name).model_dump(exclude=set(RUNTIME_ONLY))
-    if isinstance(options.get("calibration_method"), list):
-        options["calibration_method"] = options["calibration_method"][0]
-    return options
+def base_options(config: RunConfig, name: str) -> TargetOptions:
+    """A target's options from [targets.NAME], one calibration method where a list was given."""
+    options = config.target_options(name)
+    method_option = targets.get(name).search_axes().method_option
+    methods = getattr(options, method_option, None) if method_option else None
+    return options.model_copy(update={method_option: methods[0]}) if isinstance(methods, list) else options
 
 
 def plan(config: RunConfig) -> list[Candidate]:
@@ -78,52 +78,59 @@ def plan(config: RunConfig) -> list[Candidate]:
     names = search.targets or list(config.targets)
     found: list[Candidate] = []
     for name in names:
-        offered = targets.info(name).precisions
+        target = targets.get(name)
+        axes = target.search_axes()
         wanted = search.precisions or config.target_options(name).precisions
-        for precision in sorted((p for p in wanted if p in offered), key=precision_rank):
+        for precision in sorted((p for p in wanted if p in target.precisions), key=precision_rank):
             options = base_options(config, name)
-            if precision in FLOAT_PRECISIONS or precision != "int8" or name not in METHODS:
+            if precision != "int8" or not axes.method_option:
                 found.append(Candidate(name, precision, options=options))
                 continue
-            key, names_for = METHODS[name]
             for method in search.calibration_methods:
                 for aware in dict.fromkeys(search.accuracy_aware):
-                    tuned = {**options, key: names_for[method]}
-                    if aware and name in AWARE_TARGETS:
-                        tuned |= {**search.budget, "max_float_layers": search.max_float_layers}
-                    elif aware:
+                    if aware and not axes.accuracy_aware:
                         continue
-                    found.append(Candidate(name, precision, method, aware, tuned))
+                    update = {axes.method_option: axes.methods[method]}
+                    if aware:
+                        update |= {**search.budget.limits, "max_float_layers": search.max_float_layers}
+                    found.append(Candidate(name, precision, method, aware, options.model_copy(update=update)))
     return found
 
 
-def judge(verify: dict, budget: dict) -> tuple[bool, str, float]:
+def judge(verify: dict, budget: Budget) -> tuple[bool, str, float]:
     """Whether held-out metrics meet the budget, every output judged (the worst decides); the
     reason when not; how far the primary criterion missed (0 when met), in its own unit."""
-    from edgeport.metrics import judge as misses_of, shortfall
-    from edgeport.types import OutputMetrics
-
     outputs = [OutputMetrics.model_validate(o) for o in verify["outputs"]]
     accuracy, reference = verify.get("accuracy"), verify.get("reference_accuracy")
-    misses = misses_of(outputs, budget, accuracy, reference, strict=True)
-    return not misses, "; ".join(misses), shortfall(outputs, budget, accuracy, reference)
+    misses = budget.misses(outputs, accuracy, reference, strict=True)
+    return not misses, "; ".join(misses), budget.shortfall(outputs, accuracy, reference)
+
+
+def build_and_verify(ws: Workspace, prepared, c: dict) -> dict:
+    """One candidate built and verified, isolated: its result, or its error and log."""
+    result = ArtifactResult(None, planned=Planned(c["target"], c["precision"], c["options"], c["variant"]))
+    scores = prepared.reference.class_scores
+    with contextlib.redirect_stdout(sys.stderr):
+        artifact = isolated(ws, result, "build", lambda: build(ws, prepared.source, prepared.data, result.planned, scores))
+        report = isolated(ws, result, "verify", lambda: verify(ws, artifact, prepared.reference, prepared.data)) \
+            if artifact else None
+    if report is None:
+        return {"error": result.error, "log": result.log, "built": ws.stages.built}
+    return {"path": str(artifact.root.relative_to(ws.run_dir)), "verify": report.summary(), "built": ws.stages.built}
 
 
 def build_task(task: dict) -> dict:
-    """Build and verify one candidate (runs in a worker process or on a Ray node)."""
+    """Build and verify one candidate (runs in a worker process or on a Ray node): the model,
+    data and reference come from the run folder's cache, which the parent filled."""
     from pathlib import Path
 
     config = parse(task["config"], "search worker", Path(task["base_dir"]))
-    c = task["candidate"]
-    job = Run(config, rebuild=task.get("rebuild", False))
-    result = ArtifactResult(None, planned=Planned(c["target"], c["precision"], c["options"], c["variant"]))
-    with contextlib.redirect_stdout(sys.stderr):
-        artifact = job.isolated(result, "build", lambda: job.build(c["target"], c["precision"], c["options"],
-                                                                   variant=c["variant"]))
-        report = job.isolated(result, "verify", lambda: job.verify(artifact)) if artifact else None
-    if report is None:
-        return {"error": result.error, "log": result.log, "built": job.stages.built}
-    return {"path": str(artifact.root.relative_to(job.run_dir)), "verify": report.summary(), "built": job.stages.built}
+    c = dict(task["candidate"])
+    c["options"] = config.target_options(c["target"]).model_validate(c["options"])
+    ws = Workspace.open(config, rebuild=task.get("rebuild", False))
+    with BenchService.of(config) as service:
+        prepared = prepare(ws, service)
+        return build_and_verify(ws, prepared, c)
 
 
 @dataclass
@@ -137,11 +144,15 @@ class SearchResult:
 
     def summary(self) -> dict:
         search = self.run.config.search
-        return {"budget": search.budget, "objective": search.objective, "device": search.device,
+
+        def record(c: Candidate) -> dict:
+            return {**asdict(c), "options": c.options.model_dump(mode="json") if c.options else None,
+                    "label": c.label, "variant": c.variant}
+
+        return {"budget": search.budget.limits, "objective": search.objective, "device": search.device,
                 "executor": self.executor, "built": len(self.built), "seconds": self.seconds,
-                "chosen": asdict(self.chosen) | {"label": self.chosen.label, "variant": self.chosen.variant}
-                if self.chosen else None,
-                "candidates": [asdict(c) | {"label": c.label, "variant": c.variant} for c in self.candidates]}
+                "chosen": record(self.chosen) if self.chosen else None,
+                "candidates": [record(c) for c in self.candidates]}
 
 
 class Search:
@@ -151,34 +162,34 @@ class Search:
                               "(min_top1_agreement, max_accuracy_drop or min_cosine)")
         self.config, self.search = config, config.search
         self.emit = on_event or (lambda event: None)
-        self.job = Run(config, on_event, rebuild)
-        self.built: list[str] = []
         self.rebuild = rebuild
+        self.ws = Workspace.open(config, on_event, rebuild)
+        self.service = BenchService.of(config)
+        self.built: list[str] = []
+        self.candidates: list[Candidate] = []
 
     def run(self) -> SearchResult:
-        started = time.perf_counter()
         from edgeport.pipeline.executor import make_pool
 
-        candidates = self.candidates = plan(self.config)
-        for name in dict.fromkeys(c.target for c in candidates):
-            targets.get(name)  # a missing runtime fails before any work
-        job = self.job
-        job.profile(self.search.device)  # an unknown device fails before any work
-        job.interchange()
-        job.data()
-        reference_accuracy = job.reference_accuracy()
+        started = time.perf_counter()
+        candidates = self.candidates = plan(self.config)  # a missing runtime fails before any work
+        self.service.profile(self.search.device)  # an unknown device fails before any work
+        ws = self.ws
+        self.prepared = prepared = prepare(ws, self.service)
         pool = make_pool(self.search.executor, self.search.workers, self.search.ray_address)
 
-        parents_ok = {}
         self.count()
         for c in candidates:  # wave 1: float exports here (they are the integer candidates' parents)
-            if c.precision in FLOAT_PRECISIONS:
-                self.finish(c, self.build_here(c))
+            if c.precision in targets.get(c.target).float_precisions:
+                self.finish(c, build_and_verify(ws, prepared, self.task_candidate(c)))
                 self.count(c)
-        for name in dict.fromkeys(c.target for c in candidates if c.precision not in FLOAT_PRECISIONS):
-            fp32 = job.verify(job.build(name, "fp32", base_options(self.config, name)))
-            parents_ok[name] = fp32.passed
-        wave2 = [c for c in candidates if c.precision not in FLOAT_PRECISIONS and not c.aware]
+        parents_ok = {}
+        for c in candidates:
+            if c.precision not in targets.get(c.target).float_precisions and c.target not in parents_ok:
+                planned = Planned(c.target, c.precision, base_options(self.config, c.target))
+                fp32 = float_parent(ws, prepared.source, prepared.data, planned, prepared.reference.class_scores)
+                parents_ok[c.target] = verify(ws, fp32, prepared.reference, prepared.data).passed
+        wave2 = [c for c in candidates if c.status == "pending" and not c.aware]
         self.in_parallel(pool, self.prune_orphans(wave2, parents_ok))
         wave3 = [c for c in candidates if c.aware]
         for c in wave3:
@@ -187,31 +198,26 @@ class Search:
                 c.status, c.reason = "pruned", "plain int8 with this method already meets the budget"
         self.count()
         self.in_parallel(pool, self.prune_orphans([c for c in wave3 if c.status == "pending"], parents_ok))
+        pool.close()  # every build has finished: nothing else runs while this machine times
 
         kept = [c for c in candidates if c.status == "kept"]
         timed = [c for c in candidates if c.status == "kept" or (c.status == "rejected" and c.verify["passed"])]
         results = self.bench(timed)
-        baseline = job.bench_baseline() if self.config.bench.baseline else []
         chosen = self.choose(kept)
-        built = self.built + job.stages.built
-        outcome = RunResult(self.config, job.run_dir, results, baseline_bench=baseline,
-                            reference_accuracy=reference_accuracy, built=built)
+        built = self.built + ws.stages.built
+        outcome = RunResult(self.config, ws.run_dir, results, baseline_bench=self.baseline,
+                            reference_accuracy=prepared.reference.accuracy, built=built)
         result = SearchResult(outcome, candidates, chosen, pool.description, built, time.perf_counter() - started)
         self.report(result)
         if chosen is None:
-            raise ConfigError(self.nothing_met(candidates))
+            raise BudgetNotMetError(self.nothing_met(candidates))
         return result
 
     # --- building
 
-    def build_here(self, c: Candidate) -> dict:
-        result = ArtifactResult(None, planned=Planned(c.target, c.precision, c.options, c.variant))
-        artifact = self.job.isolated(result, "build", lambda: self.job.build(c.target, c.precision, c.options,
-                                                                             variant=c.variant))
-        report = self.job.isolated(result, "verify", lambda: self.job.verify(artifact)) if artifact else None
-        if report is None:
-            return {"error": result.error, "log": result.log}
-        return {"path": str(artifact.root.relative_to(self.job.run_dir)), "verify": report.summary()}
+    @staticmethod
+    def task_candidate(c: Candidate) -> dict:
+        return {"target": c.target, "precision": c.precision, "options": c.options, "variant": c.variant}
 
     def count(self, last: Candidate | None = None) -> None:
         """Candidates decided so far (built and judged, failed or pruned) of all planned."""
@@ -228,8 +234,8 @@ class Search:
     def in_parallel(self, pool, wave: list[Candidate]) -> None:
         data = self.config.model_dump(mode="json", exclude_none=True)
         tasks = [{"config": data, "base_dir": str(self.config.base_dir), "index": i, "rebuild": self.rebuild,
-                  "candidate": {"target": c.target, "precision": c.precision, "options": c.options,
-                                "variant": c.variant}} for i, c in enumerate(wave)]
+                  "candidate": {**self.task_candidate(c), "options": c.options.model_dump(mode="json")}}
+                 for i, c in enumerate(wave)]
         for c in wave:
             self.emit(Event("start", "search", c.label))
         for task, result in pool.run(build_task, tasks):
@@ -242,10 +248,10 @@ class Search:
     def finish(self, c: Candidate, result: dict) -> None:
         """Record a built candidate and judge it against the budget on held-out data."""
         if "error" in result:
-            c.status, c.reason = "failed", result["error"] + (f" (log: {self.job.run_dir / result['log']})"
+            c.status, c.reason = "failed", result["error"] + (f" (log: {self.ws.run_dir / result['log']})"
                                                               if result.get("log") else "")
             return
-        artifact = Artifact.load(self.job.run_dir / result["path"])
+        artifact = Artifact.load(self.ws.run_dir / result["path"])
         c.path, c.artifact_id, c.size_bytes, c.verify = result["path"], artifact.id, artifact.size_bytes, result["verify"]
         aware = artifact.options.get("quantization", {}).get("accuracy_aware") or {}
         c.float_layers = aware.get("float_tensors", [])
@@ -255,33 +261,41 @@ class Search:
     # --- measuring and choosing
 
     def bench(self, timed: list[Candidate]) -> list[ArtifactResult]:
-        """Benchmark `timed` on the objective's device and every [[bench.devices]], one thread per
-        device, each device measuring one artifact at a time."""
-        from edgeport.pipeline.config import BenchDevice
-
-        job = self.job
-        configured = {e.name: e for e, _ in job.bench_devices()} if self.config.bench.devices else {}
+        """Benchmark `timed` on the objective's device and every [[bench.devices]]: other devices
+        in parallel, one artifact at a time each; then this machine alone (with PyTorch eager), so
+        no build or other measurement shares its cores while it times."""
+        ws, prepared = self.ws, self.prepared
+        configured = {e.name: e for e in self.config.bench.devices}
         names = dict.fromkeys([self.search.device, *configured])
-        pairs = [(configured.get(n) or BenchDevice(name=n), job.profile(n)) for n in names]
-        results = {c.label: ArtifactResult(Artifact.load(job.run_dir / c.path)) for c in timed}
+        pairs = [(configured.get(n) or BenchDevice(name=n), self.service.profile(n)) for n in names]
+        results = {c.label: ArtifactResult(Artifact.load(ws.run_dir / c.path)) for c in timed}
         for c in timed:
-            results[c.label].verify = job.verify(results[c.label].artifact)
+            results[c.label].verify = verify(ws, results[c.label].artifact, prepared.reference, prepared.data)
 
         def on_device(entry, profile) -> None:
             measured = [c for c in timed if not profile.runtimes or results[c.label].artifact.target in profile.runtimes]
             self.emit(Event("progress", "bench", profile.name, total=len(measured)))
             for done, c in enumerate(measured, 1):
                 r = results[c.label]
-                options = job.runtime_variants(r.artifact)[0]
-                bench = job.bench_on(entry, profile, r.artifact, options)
+                target = targets.get(r.artifact.target)
+                options = target.runtime_variants(self.config.target_options(r.artifact.target))[0]
+                bench = bench_on(ws, self.service, entry, profile, r.artifact, options, prepared.data,
+                                 prepared.reference)
                 r.bench.append(bench)
                 if profile.name == self.search.device:
                     c.p50_ms = bench.p50_ms
                 self.emit(Event("progress", "bench", profile.name, c.label, total=len(measured), done=done))
 
-        with ThreadPoolExecutor(len(pairs)) as threads:
-            for future in [threads.submit(on_device, e, p) for e, p in pairs]:
-                future.result()
+        remote = [(e, p) for e, p in pairs if p.transport != "local"]
+        if remote:
+            with ThreadPoolExecutor(len(remote)) as threads:
+                for future in [threads.submit(on_device, e, p) for e, p in remote]:
+                    future.result()
+        for entry, profile in pairs:
+            if profile.transport == "local":
+                on_device(entry, profile)
+        self.baseline = (bench_baseline(ws, self.service, prepared.original, prepared.data)
+                         if self.config.bench.baseline else [])
         return list(results.values())
 
     def choose(self, kept: list[Candidate]) -> Candidate | None:
@@ -301,12 +315,12 @@ class Search:
 
     def nothing_met(self, candidates: list[Candidate]) -> str:
         judged = [(judge(c.verify, self.search.budget)[2], c) for c in candidates if c.verify]
-        budget = ", ".join(f"{k} = {v}" for k, v in self.search.budget.items())
+        budget = self.search.budget.describe()
         if not judged:
-            return f"no candidate could be built for the budget {budget}; see {self.job.run_dir / 'report.md'}"
+            return f"no candidate could be built for the budget {budget}; see {self.ws.run_dir / 'report.md'}"
         miss, closest = min(judged, key=lambda pair: pair[0])
         return (f"no candidate meets {budget}: the closest is {closest.label} ({closest.reason}; "
-                f"{miss:.4g} short); see {self.job.run_dir / 'report.md'}")
+                f"{miss:.4g} short); see {self.ws.run_dir / 'report.md'}")
 
     # --- reporting
 
@@ -315,15 +329,16 @@ class Search:
         from edgeport.pipeline.report import write_reports
 
         result.run.search = result.summary()
-        result.run.model_info = self.job.model_info()
+        result.run.model_info = model_info(self.config, self.prepared.model, self.prepared.reference)
         result.run.reports = write_reports(result.run)
         if result.chosen is not None and self.config.package.enabled:
-            result.run.bundles = package(self.job.run_dir, ids=[result.chosen.artifact_id])
+            result.run.bundles = package(self.ws.run_dir, ids=[result.chosen.artifact_id])
 
 
 def tune(config: RunConfig, on_event: Listener | None = None, rebuild: bool = False) -> SearchResult:
     """Run the [search]; every candidate goes through the cached stages of `edgeport run`."""
-    search = Search(config, on_event, rebuild)
-    with search.job:  # holds the run folder its workers build in
-        return search.run()
+    from edgeport.pipeline.lock import run_lock
 
+    search = Search(config, on_event, rebuild)
+    with run_lock(search.ws.run_dir), search.service:  # holds the run folder its workers build in
+        return search.run()

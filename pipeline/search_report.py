@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgeport.pipeline.report import fmt, new_figure, save_figure
+from edgeport.pipeline.plots import fmt, new_figure, save_figure
 
 PLOTS = {"latency": "pareto_latency.png", "size": "pareto_size.png"}
 

@@ -22,20 +22,40 @@ from edgeport.types import write_text_atomic
 T = TypeVar("T")
 STAMP = ".stage.json"
 
-TOOLS = ("edgeport", "torch", "onnx", "onnxscript", "onnxruntime", "openvino", "nncf", "numpy", "scikit-learn",
-         "ai-edge-litert", "litert-torch", "ai-edge-quantizer", "tensorflow", "onnx2tf")
+CORE_TOOLS = ("edgeport", "torch", "onnx", "onnxscript", "numpy", "scikit-learn")
+
+
+def tool_names() -> tuple[str, ...]:
+    """edgeport's own tools and every target's (the target table names them)."""
+    from edgeport import targets
+
+    return CORE_TOOLS + targets.tools()
 
 
 @cache
 def tool_versions() -> dict[str, str]:
     """Versions of the installed tools (without importing them): part of every cache key."""
     found = {}
-    for name in TOOLS:
+    for name in tool_names():
         try:
             found[name] = version(name)
         except PackageNotFoundError:
             pass
     return found
+
+
+@cache
+def code_hash(*modules: str) -> str:
+    """A hash of these modules' source files: a stage's key holds the code that computes it, so a
+    changed stage is redone without anyone bumping a version."""
+    import importlib.util
+
+    digest = hashlib.sha256()
+    for name in sorted(modules):
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin and Path(spec.origin).is_file():
+            digest.update(name.encode() + Path(spec.origin).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def key_hash(key: Any) -> str:

@@ -20,7 +20,7 @@ from edgeport.pipeline.model_loading import as_list, load_model
 
 
 def bench(request: dict) -> dict:
-    threads = int(request["threads"])
+    threads = int(request["threads"]) or os.cpu_count() or 1  # 0 = every core, as the runner counts
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     loaded = load_model(ModelConfig.model_validate(request["model"]), Path(request["base_dir"]))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
 from edgeport.errors import ExportError
-from edgeport.metrics import accuracy, judge, output_metrics
+from edgeport.metrics import Budget, accuracy, output_metrics
 from edgeport.targets.base import Session
 from edgeport.types import Artifact, CalibrationSet, OutputMetrics, TensorSpec, VerifyReport
 
@@ -47,7 +49,7 @@ def session_outputs(session: Session, dataset: CalibrationSet, artifact: Artifac
 
 def compare(
     artifact: Artifact, reference: list[np.ndarray], outputs: list[np.ndarray], labels: np.ndarray | None,
-    limits: dict, scores: list[str] = (),
+    limits: Budget, scores: list[str] = (),
 ) -> VerifyReport:
     """Metrics per output and the pass/fail verdict (the worst output decides); every failure
     names output, metric, value and limit. `scores` names the class-score outputs."""
@@ -69,9 +71,52 @@ def compare(
     scored = next((n for n in scores if n in by_name and by_name[n][0].shape == by_name[n][1].shape), None)
     ref_acc = accuracy(by_name[scored][0], labels) if scored else None
     acc = accuracy(by_name[scored][1], labels) if scored else None
-    failures += judge(per_output, limits, acc, ref_acc)
+    failures += limits.misses(per_output, acc, ref_acc)
     return VerifyReport(
         artifact_id=artifact.id, target=artifact.target, precision=artifact.precision, samples=len(reference[0]),
         outputs=per_output, accuracy=acc, reference_accuracy=ref_acc, scores_output=scored if ref_acc is not None else None,
-        passed=not failures, failures=failures, warnings=warnings, tolerances={k: v for k, v in limits.items() if v is not None},
+        passed=not failures, failures=failures, warnings=warnings, tolerances=limits.limits,
     )
+
+
+def verify(ws, artifact: Artifact, reference, data) -> VerifyReport:
+    """The verify stage (cached): the artifact's outputs on the held-out set against PyTorch's,
+    judged by the tolerance of its precision; an accuracy-aware int8 artifact also by its own
+    budget, on calibration data (where its loop judged it) and on held-out data."""
+    from edgeport import targets
+    from edgeport.pipeline.stages import code_hash
+
+    evaluation = data.evaluation
+    tolerance = ws.config.verify.tolerance(artifact.precision)
+    key = {"artifact": artifact.id, "files": [f.sha256 for f in artifact.files], "reference": reference.names,
+           "io": [s.model_dump() for s in (*artifact.inputs, *artifact.outputs)], "scores": reference.class_scores,
+           "evaluation": evaluation.digest, "tolerance": tolerance.model_dump(), "versions": ws.versions,
+           "code": code_hash("edgeport.pipeline.verify", "edgeport.metrics", targets.info(artifact.target).path.split(":")[0])}
+
+    def compute() -> dict:
+        session = targets.get(artifact.target).load(artifact, os.cpu_count() or 1)  # not timed: every core
+        outputs = session_outputs(session, evaluation, artifact, ws.config.verify.batch)
+        report = compare(artifact, reference.outputs, outputs, evaluation.labels, tolerance, reference.class_scores)
+        report.failures += accuracy_aware_misses(artifact, report)
+        report.passed = not report.failures
+        return report.model_dump()
+
+    return VerifyReport.model_validate(ws.stages.record("verify", f"verify/{artifact.slug}.json", key, compute))
+
+
+def accuracy_aware_misses(artifact: Artifact, report: VerifyReport) -> list[str]:
+    """An accuracy-aware int8 artifact must meet its budget on calibration data (where the loop
+    judged it) and on held-out data (where it matters); say so when it did not."""
+    aware = artifact.options.get("quantization", {}).get("accuracy_aware")
+    if not aware:
+        return []
+    budget = Budget(**{k: v for k, v in aware["budget"].items() if v is not None})
+    misses = []
+    if not aware["met"]:
+        last = aware["steps"][-1]
+        misses.append(f"accuracy-aware int8 did not meet {budget.limits} on calibration data with "
+                      f"{len(aware['float_tensors'])} layer(s) in float (max_float_layers; worst output "
+                      f"{last.get('worst_output')!r}, cosine {last['cosine']:.5f})")
+    misses += [f"accuracy-aware budget missed on held-out data: {m}"
+               for m in budget.misses(report.outputs, report.accuracy, report.reference_accuracy)]
+    return misses

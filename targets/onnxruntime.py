@@ -5,16 +5,20 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import numpy as np
+from pydantic import Field
 
 from edgeport.errors import ConfigError, ExportError, require
 from edgeport.targets.base import (
-    SourceModel, Target, accuracy_aware, declared_tensor, keep_sensitive_in_float, median_ms, worst_sqnr_db,
+    AwareLoop, AwareOptions, QuantizeRequest, SearchAxes, SourceModel, Target, TargetOptions, declared_tensor,
+    keep_sensitive_in_float, median_ms, worst_sqnr_db,
 )
 from edgeport.types import Artifact, CalibrationSet
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+CalibrationMethod = Literal["minmax", "entropy", "percentile"]
 # Ops that mark an attention model, and the only ops quantized there (inputs only): an attention
 # mask's additive -10000 would take a whole uint8 range, Softmax or LayerNorm in int8 cost accuracy
 # for no speed, and the residual stream's outlier channels ruin a MatMul output's one scale
@@ -27,6 +31,22 @@ DATA_MOVEMENT = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Sli
                  "Gather", "Identity", "Cast", "Shape", "QuantizeLinear", "DequantizeLinear"}
 
 
+class OnnxRuntimeOptions(TargetOptions, AwareOptions):
+    precisions: list[Literal["fp32", "int8"]] = ["fp32", "int8"]
+    calibration_method: CalibrationMethod | list[CalibrationMethod] = Field(
+        "minmax", description="one method, or a list to build and compare one int8 artifact per method")
+    per_channel: bool = True
+    entropy_bins: int = Field(2048, ge=256, description="histogram bins of the entropy calibration")
+    symmetric_activations: bool = Field(False, description="int8 activations symmetric around 0 (else uint8 asymmetric)")
+    model_type: Literal["auto", "cnn", "transformer"] = Field(
+        "auto", description="transformer: quantize only MatMul/Gemm/Conv (an attention mask's -10000 and Softmax "
+                            "stay float); auto: transformer when the graph has Softmax or LayerNormalization")
+    smooth_quant: Literal["auto", "on", "off"] = Field(
+        "auto", description="transformers: SmoothQuant moves activation outliers into the weights; auto builds "
+                            "both and keeps the one closer to fp32 on calibration data")
+    nodes_to_exclude: list[str] = Field(default_factory=list, description="nodes kept in float (ONNX node names)")
+
+
 class OnnxRuntimeTarget(Target):
     """ONNX Runtime, CPU execution provider."""
 
@@ -34,9 +54,12 @@ class OnnxRuntimeTarget(Target):
     extra = "onnxruntime"
     runtime = "onnxruntime"
     precisions = ("fp32", "int8")
-    quant_schemes = CALIBRATION_METHODS
+    Options = OnnxRuntimeOptions
+    device_modules = (("onnxruntime", "onnxruntime"),)
+    # opset 20 needs ONNX Runtime 1.17
+    bundle_runtime: ClassVar[dict] = {"name": "onnxruntime", "min_version": "1.17", "pip": "onnxruntime>=1.17"}
 
-    def export(self, source: SourceModel, precision: str, out_dir: Path, options: dict,
+    def export(self, source: SourceModel, precision: str, out_dir: Path, options: OnnxRuntimeOptions,
                calibration: CalibrationSet | None = None) -> Artifact:
         self.check_precision(precision)
         if precision != "fp32":
@@ -44,68 +67,108 @@ class OnnxRuntimeTarget(Target):
         shutil.copyfile(source.onnx_path, out_dir / "model.onnx")
         return self.new_artifact("fp32", "onnx", ["model.onnx"], source)
 
-    def quantize(
-        self, source: SourceModel, float_artifact: Artifact, calibration: CalibrationSet, precision: str,
-        out_dir: Path, options: dict,
-    ) -> Artifact:
-        """Static int8; with `min_cosine`, accuracy-aware: while the int8 model's outputs on the
-        calibration data fall below that cosine, the most sensitive layer is kept in float."""
+    def quantize(self, source: SourceModel, float_artifact: Artifact, request: QuantizeRequest, precision: str,
+                 out_dir: Path, options: OnnxRuntimeOptions) -> Artifact:
+        """Static int8; with a budget (min_cosine, ...), accuracy-aware: while the int8 model's
+        outputs on the calibration data miss it, the most sensitive layers are kept in float."""
         self.check_precision(precision)
-        options = {**options, "smooth_quant": self.choose_smoothing(source, float_artifact, calibration, out_dir, options)}
+        calibration = request.calibration
+        smooth = self.choose_smoothing(source, float_artifact, calibration, out_dir, options)
+        options = options.model_copy(update={"smooth_quant": smooth})
         artifact = self._quantize(source, float_artifact, calibration, out_dir, options)
-        if not accuracy_aware(options):
+        if not options.accuracy_aware:
             return artifact
         path = out_dir / "model.onnx"
-        given = list(options.get("nodes_to_exclude", []))
         built = [artifact]
 
         def requantize(nodes: list[str]) -> None:
-            built.append(self._quantize(source, float_artifact, calibration, out_dir,
-                                        {**options, "nodes_to_exclude": given + nodes}))
+            excluded = options.model_copy(update={"nodes_to_exclude": [*options.nodes_to_exclude, *nodes]})
+            built.append(self._quantize(source, float_artifact, calibration, out_dir, excluded))
 
-        record = keep_sensitive_in_float(
-            run_all(float_artifact.main_file, calibration), lambda: run_all(path, calibration),
-            lambda: layer_sensitivity(float_artifact.main_file, path, calibration), requantize, calibration.labels,
-            options, lambda: path.stat().st_size, lambda: latency_ms(path, calibration),
-            [o.name for o in source.outputs])
-        built[-1].options["quantization"]["accuracy_aware"] = record
+        loop = AwareLoop(
+            reference=run_all(float_artifact.main_file, calibration), current=lambda: run_all(path, calibration),
+            rank_layers=lambda: layer_sensitivity(float_artifact.main_file, path, calibration), requantize=requantize,
+            size=lambda: path.stat().st_size, latency=lambda: latency_ms(path, calibration),
+            names=[o.name for o in source.outputs])
+        built[-1].options["quantization"]["accuracy_aware"] = keep_sensitive_in_float(loop, options, request)
         return built[-1]
 
     def choose_smoothing(self, source: SourceModel, float_artifact: Artifact, calibration: CalibrationSet,
-                         out_dir: Path, options: dict) -> str:
-        """SmoothQuant on or off. Transformers' MatMul inputs carry outlier channels (after GELU a
-        few channels are 100x the rest) that one int8 scale per tensor cannot hold; moving that
-        range into the weights fixes it (MiniLM: 0.94 -> 0.99 cosine), and costs a small model
-        without outliers a little. "auto" builds both and keeps the closer to fp32."""
-        choice = options.get("smooth_quant", "auto")
-        if choice != "auto":
-            return choice
-        if not is_transformer(float_artifact.main_file, options.get("model_type", "auto")):
+                         out_dir: Path, options: OnnxRuntimeOptions) -> str:
+        """SmoothQuant on or off. Transformers' MatMul inputs can carry outlier channels that one
+        int8 scale per tensor cannot hold; moving that range into the weights can fix it, and costs
+        a model without outliers a little. "auto" builds both and keeps the closer to fp32."""
+        if options.smooth_quant != "auto":
+            return options.smooth_quant
+        if not is_transformer(float_artifact.main_file, options.model_type):
             return "off"
         from edgeport.metrics import output_metrics
 
         reference = run_all(float_artifact.main_file, calibration, 64)
         scores = {}
         for smooth in ("on", "off"):
-            self._quantize(source, float_artifact, calibration, out_dir, {**options, "smooth_quant": smooth})
+            self._quantize(source, float_artifact, calibration, out_dir, options.model_copy(update={"smooth_quant": smooth}))
             current = run_all(out_dir / "model.onnx", calibration, 64)
             scores[smooth] = min(output_metrics(str(i), r, c, False).cosine for i, (r, c) in
                                  enumerate(zip(reference, current)))
         return max(scores, key=scores.get)
 
+    def offers_sensitivity(self, artifact: Artifact) -> bool:
+        return artifact.precision == "int8"
+
+    def sensitivity(self, float_artifact: Artifact, artifact: Artifact, calibration: CalibrationSet) -> list[dict]:
+        return layer_sensitivity(float_artifact.main_file, artifact.main_file, calibration)
+
+    def search_axes(self) -> SearchAxes:
+        return SearchAxes("calibration_method", {m: m for m in CALIBRATION_METHODS}, accuracy_aware=True)
+
+    def bundle_extras(self, artifact: Artifact, manifest: dict, folder: Path) -> None:
+        android_assets(artifact, manifest, folder)
+
+    @staticmethod
+    def device_loader(path: str, threads: int, options: dict, shapes: dict) -> dict:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        binding = session.io_binding()
+        names = [o.name for o in session.get_outputs()]
+
+        def set_inputs(feeds):
+            for name, value in feeds.items():
+                binding.bind_cpu_input(name, value)
+            for name in names:
+                binding.bind_output(name, "cpu")
+
+        def invoke():
+            session.run_with_iobinding(binding)
+            return dict(zip(names, binding.get_outputs()))
+
+        return {"version": ort.__version__, "ran": {"providers": ["CPUExecutionProvider"], "io": "bound once"},
+                "set_inputs": set_inputs, "invoke": invoke}
+
+    @staticmethod
+    def example_loader(path):
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        return lambda feeds: dict(zip(names, session.run(None, feeds)))
+
     def _quantize(self, source: SourceModel, float_artifact: Artifact, calibration: CalibrationSet, out_dir: Path,
-                  options: dict) -> Artifact:
+                  options: OnnxRuntimeOptions) -> Artifact:
         require("onnxruntime", "onnxruntime")
         from onnxruntime.quantization import (
             CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static,
         )
 
-        method = options.get("calibration_method", "minmax")
-        if method not in CALIBRATION_METHODS:
-            raise ConfigError(f"onnxruntime calibration_method {method!r} unknown; choose one of {', '.join(CALIBRATION_METHODS)}")
-        per_channel = bool(options.get("per_channel", True))
-        symmetric = bool(options.get("symmetric_activations", False))
-        transformer = is_transformer(float_artifact.main_file, options.get("model_type", "auto"))
+        method = options.calibration_method
+        if isinstance(method, list):  # a list compares methods side by side: each build gets one
+            method = method[0]
+        per_channel, symmetric = options.per_channel, options.symmetric_activations
+        transformer = is_transformer(float_artifact.main_file, options.model_type)
         batch = 32 if all(s.dynamic_batch for s in source.inputs) else 1
 
         class Reader(CalibrationDataReader):
@@ -122,9 +185,9 @@ class OnnxRuntimeTarget(Target):
                 extra["OpTypesToExcludeOutputQuantization"] = TRANSFORMER_QUANTIZED_OPS  # int8 cannot hold
             try:
                 extra["preprocess"] = pre_process(quant_pre_process, float_artifact.main_file, prepared)
-                smoothed = smooth_matmuls(prepared, calibration) if options.get("smooth_quant") == "on" else 0
+                smoothed = smooth_matmuls(prepared, calibration) if options.smooth_quant == "on" else 0
                 if method == "entropy":
-                    bins = int(options.get("entropy_bins", 2048))
+                    bins = options.entropy_bins
                     overrides = entropy_ranges(prepared, Reader, Path(tmp), bins)
                     extra["TensorQuantOverrides"] = {name: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}]
                                                      for name, (lo, hi) in overrides.items()}
@@ -138,7 +201,7 @@ class OnnxRuntimeTarget(Target):
                     # entropy's ranges arrive as overrides (entropy_ranges); the pass here is then minmax
                     calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.MinMax,
                                       "percentile": CalibrationMethod.Percentile}[method],
-                    nodes_to_exclude=list(options.get("nodes_to_exclude", [])),
+                    nodes_to_exclude=list(options.nodes_to_exclude),
                     op_types_to_quantize=TRANSFORMER_QUANTIZED_OPS if transformer else None,
                     calibration_cache_path=None,
                     extra_options={k: v for k, v in extra.items() if k != "preprocess"},
@@ -147,7 +210,7 @@ class OnnxRuntimeTarget(Target):
                 raise ExportError(f"onnxruntime int8 quantization failed: {e}") from e
         scheme = {"format": "QDQ", "calibration_method": method, "per_channel": per_channel,
                   "preprocess": extra["preprocess"], "model_type": "transformer" if transformer else "cnn",
-                  "smooth_quant": options.get("smooth_quant", "off"), "smoothed_matmuls": smoothed,
+                  "smooth_quant": options.smooth_quant, "smoothed_matmuls": smoothed,
                   "ops": TRANSFORMER_QUANTIZED_OPS if transformer else "all ORT quantizes",
                   "activations": "int8-symmetric" if symmetric else "uint8-asymmetric", "weights": "int8-symmetric",
                   "samples": len(calibration)}
@@ -251,6 +314,14 @@ def smooth_matmuls(path: Path, calibration: CalibrationSet, alpha: float = 0.5, 
     model.graph.node.extend(nodes)
     onnx.save(model, str(path))
     return len(matmuls)
+
+
+def android_assets(artifact: Artifact, manifest: dict, folder: Path) -> None:
+    """assets/: the model (and labels) as an Android app's app/src/main/assets/ takes them."""
+    (folder / "assets").mkdir(exist_ok=True)
+    shutil.copyfile(artifact.main_file, folder / "assets" / artifact.files[0].path)
+    if manifest.get("labels"):
+        shutil.copyfile(folder / manifest["labels"], folder / "assets" / manifest["labels"])
 
 
 def is_transformer(path: Path, model_type: str) -> bool:

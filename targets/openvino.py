@@ -3,25 +3,51 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import Field, field_validator
 
 from edgeport.errors import ConfigError, ExportError, require
 from edgeport.targets.base import (
-    SourceModel, Target, accuracy_aware, declared_tensor, keep_sensitive_in_float, median_ms, worst_sqnr_db,
+    AwareLoop, AwareOptions, QuantizeRequest, SearchAxes, SourceModel, Target, TargetOptions, declared_tensor,
+    keep_sensitive_in_float, median_ms, worst_sqnr_db,
 )
 from edgeport.types import Artifact, CalibrationSet
 
-PRESETS = ("performance", "mixed")
-RANGE_ESTIMATORS = ("default", "minmax", "mean_minmax", "median_minmax", "mean_no_outliers_minmax", "mean_quantile",
-                    "histogram")
-MODEL_TYPES = ("auto", "cnn", "transformer")
 # Ops that mark an attention model, for which NNCF's transformer scheme keeps accuracy.
 ATTENTION_OPS = {"Softmax", "MVN", "ScaledDotProductAttention"}
 # Ops that only move data: NNCF quantizes the inputs of the op that computes on it, so an ignored
 # scope must name that op (ignoring a Reshape changed nothing and cost 60% latency on an encoder).
 DATA_MOVEMENT = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Convert", "Concat", "StridedSlice", "Slice", "Split",
                  "VariadicSplit", "Gather", "ShapeOf", "Broadcast", "Tile", "FakeQuantize"}
+
+
+class OpenVinoOptions(TargetOptions, AwareOptions):
+    precisions: list[Literal["fp32", "fp16", "int8"]] = ["fp32", "fp16", "int8"]
+    preset: Literal["performance", "mixed"] = Field(
+        "performance", description="performance: symmetric int8 activations; mixed: asymmetric activations")
+    range_estimator: Literal["default", "minmax", "mean_minmax", "median_minmax", "mean_no_outliers_minmax",
+                             "mean_quantile", "histogram"] = Field("default", description="NNCF activation range estimator")
+    per_channel: bool = Field(True, description="per-channel int8 weights (else one scale per tensor)")
+    model_type: Literal["auto", "cnn", "transformer"] = "auto"
+    fast_bias_correction: bool = True
+    smooth_quant: Literal["auto", "on", "off"] = Field(
+        "auto", description="transformers only; auto builds both and keeps the one closer to fp32 on calibration data"
+    )
+    ignored_nodes: list[str] = Field(default_factory=list, description="nodes NNCF leaves in float (IR names)")
+    hint: list[Literal["f32", "bf16", "default"]] = Field(
+        ["f32"], description="INFERENCE_PRECISION_HINT(s) to benchmark; verification always runs f32"
+    )
+    performance_hint: Literal["latency", "throughput"] = "latency"
+    streams: int = Field(1, ge=0, description="NUM_STREAMS; 0 lets OpenVINO choose")
+
+    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({"hint", "performance_hint", "streams"})
+
+    @field_validator("hint", mode="before")
+    @classmethod
+    def one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
 
 
 def is_transformer(ov_model) -> bool:
@@ -42,9 +68,11 @@ class OpenVinoTarget(Target):
     extra = "openvino"
     runtime = "openvino"
     precisions = ("fp32", "fp16", "int8")
-    quant_schemes = PRESETS
+    Options = OpenVinoOptions
+    device_modules = (("openvino", "openvino"),)
+    bundle_runtime: ClassVar[dict] = {"name": "openvino", "min_version": "2024.0", "pip": "openvino>=2024.0"}
 
-    def export(self, source: SourceModel, precision: str, out_dir: Path, options: dict,
+    def export(self, source: SourceModel, precision: str, out_dir: Path, options: OpenVinoOptions,
                calibration: CalibrationSet | None = None) -> Artifact:
         self.check_precision(precision)
         if precision == "int8":
@@ -52,76 +80,59 @@ class OpenVinoTarget(Target):
         ov = require("openvino", "openvino")
         try:
             model = ov.convert_model(str(source.onnx_path))
-        except Exception as e:  # the converter raises its own OpConversionFailure and friends
+        except Exception as e:  # noqa: BLE001 - the converter raises its own OpConversionFailure and friends
             raise ExportError(f"openvino could not convert {source.onnx_path.name}: {str(e).splitlines()[0]}") from e
         ov.save_model(model, str(out_dir / "model.xml"), compress_to_fp16=(precision == "fp16"))
         return self.new_artifact(precision, "openvino-ir", ["model.xml", "model.bin"], source)
 
-    def quantize(
-        self, source: SourceModel, float_artifact: Artifact, calibration: CalibrationSet, precision: str,
-        out_dir: Path, options: dict,
-    ) -> Artifact:
+    def quantize(self, source: SourceModel, float_artifact: Artifact, request: QuantizeRequest, precision: str,
+                 out_dir: Path, options: OpenVinoOptions) -> Artifact:
         self.check_precision(precision)
         ov = require("openvino", "openvino")
         nncf = require("nncf", "openvino")
-        preset = options.get("preset", "performance")
-        if preset not in PRESETS:
-            raise ConfigError(f"openvino preset {preset!r} unknown; choose one of {', '.join(PRESETS)}")
-        model_type = options.get("model_type", "auto")
-        if model_type not in MODEL_TYPES:
-            raise ConfigError(f"openvino model_type {model_type!r} unknown; choose one of {', '.join(MODEL_TYPES)}")
+        calibration = request.calibration
         model = ov.Core().read_model(str(float_artifact.main_file))
-        transformer = model_type == "transformer" or (model_type == "auto" and is_transformer(model))
-        if options.get("smooth_quant", "auto") not in ("auto", "on", "off"):
-            raise ConfigError(f"openvino smooth_quant {options['smooth_quant']!r} unknown; choose auto, on or off")
-        fast_bias_correction = bool(options.get("fast_bias_correction", True))
-        smooth_quant = options.get("smooth_quant", "auto")
-        estimator = options.get("range_estimator", "default")
-        per_channel = bool(options.get("per_channel", True))
-        if estimator not in RANGE_ESTIMATORS:
-            raise ConfigError(f"openvino range_estimator {estimator!r} unknown; choose one of {', '.join(RANGE_ESTIMATORS)}")
+        transformer = options.model_type == "transformer" or (options.model_type == "auto" and is_transformer(model))
         samples = list(calibration.samples())
-        ignored = list(options.get("ignored_nodes") or [])
+        ignored = list(options.ignored_nodes)
 
         def quantize(smooth: bool):
             from nncf.quantization.advanced_parameters import (
-                AdvancedQuantizationParameters, AdvancedSmoothQuantParameters,
+                AdvancedQuantizationParameters, AdvancedSmoothQuantParameters, QuantizationParameters,
             )
-
             from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
             settings = {}
             if not smooth:
                 settings["smooth_quant_alphas"] = AdvancedSmoothQuantParameters(matmul=-1.0)
-            if estimator != "default":
-                settings["activations_range_estimator_params"] = getattr(RangeEstimatorParametersSet, estimator.upper())
-            if not per_channel:
-                from nncf.quantization.advanced_parameters import QuantizationParameters
-
+            if options.range_estimator != "default":
+                settings["activations_range_estimator_params"] = getattr(RangeEstimatorParametersSet,
+                                                                         options.range_estimator.upper())
+            if not options.per_channel:
                 settings["weights_quantization_params"] = QuantizationParameters(per_channel=False)
             advanced = AdvancedQuantizationParameters(**settings) if settings else None
             try:
                 return nncf.quantize(
                     ov.Core().read_model(str(float_artifact.main_file)), nncf.Dataset(samples),
-                    preset=nncf.QuantizationPreset(preset),
+                    preset=nncf.QuantizationPreset(options.preset),
                     model_type=nncf.ModelType.TRANSFORMER if transformer else None,
-                    subset_size=len(samples), fast_bias_correction=fast_bias_correction,
+                    subset_size=len(samples), fast_bias_correction=options.fast_bias_correction,
                     ignored_scope=nncf.IgnoredScope(names=list(ignored)) if ignored else None,
                     advanced_parameters=advanced,
                 )
-            except Exception as e:  # nncf raises many kinds; name the step and keep the cause
+            except Exception as e:  # noqa: BLE001 - nncf raises many kinds; name the step and keep the cause
                 raise ExportError(f"nncf int8 quantization failed: {e}") from e
 
-        scheme = {"tool": "nncf", "preset": preset, "range_estimator": estimator, "per_channel": per_channel,
-                  "model_type": "transformer" if transformer else "cnn",
-                  "fast_bias_correction": fast_bias_correction, "samples": len(samples)}
+        scheme = {"tool": "nncf", "preset": options.preset, "range_estimator": options.range_estimator,
+                  "per_channel": options.per_channel, "model_type": "transformer" if transformer else "cnn",
+                  "fast_bias_correction": options.fast_bias_correction, "samples": len(samples)}
         if not transformer:
             quantized = quantize(smooth=True)  # SmoothQuant applies to transformers only
             smooth = True
-        elif smooth_quant in ("on", "off"):
-            smooth = smooth_quant == "on"
+        elif options.smooth_quant in ("on", "off"):
+            smooth = options.smooth_quant == "on"
             quantized = quantize(smooth=smooth)
-            scheme["smooth_quant"] = smooth_quant
+            scheme["smooth_quant"] = options.smooth_quant
         else:
             # SmoothQuant helps when activations have outlier channels and hurts small models
             # without them: build both, keep the one closer to fp32 on calibration data.
@@ -138,30 +149,87 @@ class OpenVinoTarget(Target):
             quantized, smooth = scores[best][1], best
             scheme["smooth_quant"] = "on" if best else "off"
             scheme["smooth_quant_probe_cosine"] = {"on": scores[True][0], "off": scores[False][0]}
-        ov.save_model(quantized, str(out_dir / "model.xml"), compress_to_fp16=False)
-        if accuracy_aware(options):
-            scheme["accuracy_aware"] = self._keep_sensitive_in_float(
-                float_artifact, calibration, out_dir, options, ignored, lambda: quantize(smooth))
+        path = out_dir / "model.xml"
+        ov.save_model(quantized, str(path), compress_to_fp16=False)
+        if options.accuracy_aware:
+            given = list(ignored)
+
+            def rebuild(nodes: list[str]) -> None:
+                ignored[:] = given + nodes  # quantize() reads this list
+                ov.save_model(quantize(smooth), str(path), compress_to_fp16=False)
+
+            loop = AwareLoop(
+                reference=outputs_on(ov, ov.Core().read_model(str(float_artifact.main_file)), calibration),
+                current=lambda: outputs_on(ov, ov.Core().read_model(str(path)), calibration),
+                rank_layers=lambda: layer_sensitivity(float_artifact.main_file, path, calibration), requantize=rebuild,
+                size=lambda: sum((out_dir / n).stat().st_size for n in ("model.xml", "model.bin")),
+                latency=lambda: latency_ms(ov, path, calibration), names=[o.name for o in float_artifact.outputs])
+            scheme["accuracy_aware"] = keep_sensitive_in_float(loop, options, request)
         return self.new_artifact("int8", "openvino-ir", ["model.xml", "model.bin"], source,
                                  options={"quantization": scheme})
 
-    def _keep_sensitive_in_float(self, float_artifact: Artifact, calibration: CalibrationSet, out_dir: Path,
-                                 options: dict, ignored: list[str], requantize) -> dict:
-        """Accuracy-aware int8 through NNCF's ignored scope on the ops that read a sensitive tensor."""
-        ov = require("openvino", "openvino")
-        path = out_dir / "model.xml"
-        given = list(ignored)
+    def runtime_variants(self, options: OpenVinoOptions) -> list[dict]:
+        return [{"hint": h, "performance_hint": options.performance_hint, "streams": options.streams}
+                for h in options.hint]
 
-        def rebuild(nodes: list[str]) -> None:
-            ignored[:] = given + nodes  # quantize() reads this list
-            ov.save_model(requantize(), str(path), compress_to_fp16=False)
+    def offers_sensitivity(self, artifact: Artifact) -> bool:
+        return artifact.precision == "int8"
 
-        return keep_sensitive_in_float(
-            outputs_on(ov, ov.Core().read_model(str(float_artifact.main_file)), calibration),
-            lambda: outputs_on(ov, ov.Core().read_model(str(path)), calibration),
-            lambda: layer_sensitivity(float_artifact.main_file, path, calibration), rebuild, calibration.labels,
-            options, lambda: sum((out_dir / n).stat().st_size for n in ("model.xml", "model.bin")),
-            lambda: latency_ms(ov, path, calibration), [o.name for o in float_artifact.outputs])
+    def sensitivity(self, float_artifact: Artifact, artifact: Artifact, calibration: CalibrationSet) -> list[dict]:
+        return layer_sensitivity(float_artifact.main_file, artifact.main_file, calibration)
+
+    def search_axes(self) -> SearchAxes:
+        # edgeport's calibration methods as NNCF range estimators (the closest each has)
+        return SearchAxes("range_estimator", {"minmax": "minmax", "entropy": "histogram", "percentile": "mean_quantile"},
+                          accuracy_aware=True)
+
+    @staticmethod
+    def device_loader(path: str, threads: int, options: dict, shapes: dict) -> dict:
+        import openvino as ov
+
+        core = ov.Core()
+        model = core.read_model(path)
+        if model.is_dynamic():  # fix the batch as a deployed app would: static shapes get faster kernels
+            model.reshape({name: list(shape) for name, shape in shapes.items()})
+        hint = options.get("hint", "f32")
+        config = {"INFERENCE_NUM_THREADS": threads,
+                  "PERFORMANCE_HINT": options.get("performance_hint", "LATENCY").upper()}
+        if hint != "default":
+            config["INFERENCE_PRECISION_HINT"] = hint
+        if options.get("streams"):
+            config["NUM_STREAMS"] = str(options["streams"])
+        compiled = core.compile_model(model, "CPU", config)
+        request = compiled.create_infer_request()
+        ran = {"io": "bound once", "hint": hint,
+               "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
+               "performance_hint": str(compiled.get_property("PERFORMANCE_HINT")),
+               "streams": int(compiled.get_property("NUM_STREAMS"))}
+
+        def set_inputs(feeds):
+            for name, value in feeds.items():
+                request.set_tensor(name, ov.Tensor(value, shared_memory=True))
+
+        def invoke():
+            request.infer()
+            return {name: request.get_output_tensor(i).data for i, o in enumerate(compiled.outputs)
+                    for name in o.get_names()}
+
+        # OpenVINO times each request itself (what benchmark_app reports); the Python call adds
+        # a few microseconds that a C++ app does not pay. The runner keeps the wall clock too.
+        return {"version": ov.get_version(), "ran": ran, "set_inputs": set_inputs, "invoke": invoke,
+                "clock": lambda: request.latency}
+
+    @staticmethod
+    def example_loader(path):
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+
+        def run(feeds):
+            result = compiled(feeds)
+            return {name: result[o] for o in compiled.outputs for name in o.get_names()}
+
+        return run
 
     def declared(self, artifact: Artifact) -> dict:
         ov = require("openvino", "openvino")

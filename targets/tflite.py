@@ -20,14 +20,15 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import numpy as np
+from pydantic import Field
 
 from edgeport.errors import ConfigError, ExportError, require
-from edgeport.targets.base import SourceModel, Target, declared_tensor
+from edgeport.targets.base import QuantizeRequest, SourceModel, Target, TargetOptions, declared_tensor
 from edgeport.types import Artifact, CalibrationSet, TensorSpec
 
-CONVERTERS = ("litert-torch", "onnx2tf")
 # TensorFlow's C++ logging bypasses Python's streams; keep it quiet unless asked.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # The file onnx2tf downloads for 4-D three-channel inputs unless it is in its working folder.
@@ -300,6 +301,17 @@ def tf_lite_convert(saved_model: Path, path: Path, calibration: CalibrationSet |
         raise ExportError(f"TFLiteConverter failed: {str(e).strip().splitlines()[-1]}") from e
 
 
+class TfliteOptions(TargetOptions):
+    precisions: list[Literal["fp32", "fp16", "int8-dynamic", "int8", "full-int8"]] = ["fp32", "fp16", "int8", "full-int8"]
+    converter: Literal["litert-torch", "onnx2tf"] = Field(
+        "litert-torch", description="for fp32/fp16/int8-dynamic/int8; full-int8 always goes through onnx2tf"
+    )
+    per_channel: bool = True
+    xnnpack: bool = Field(True, description="benchmark with the XNNPACK delegate (the default CPU path)")
+
+    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({"xnnpack"})
+
+
 class TfliteTarget(Target):
     """TFLite / LiteRT (XNNPACK on CPU)."""
 
@@ -307,18 +319,17 @@ class TfliteTarget(Target):
     extra = "tflite"
     runtime = "ai_edge_litert"
     precisions = ("fp32", "fp16", "int8-dynamic", "int8", "full-int8")
+    Options = TfliteOptions
+    # older boards: the frozen tflite-runtime wheel (fp32 and int8 only, numpy 1)
+    device_modules = (("ai_edge_litert", "ai-edge-litert"), ("tflite_runtime", "tflite-runtime"))
+    bundle_runtime: ClassVar[dict] = {"name": "ai-edge-litert", "min_version": "1.0", "pip": "ai-edge-litert>=1.0"}
+    phone_benchmark = "benchmark_model"  # TFLite's own tool, when the phone has no Python
 
-    def runtime_requirements(self) -> list[str]:
-        return ["ai-edge-litert"]  # or tflite-runtime on older boards (fp32 and int8 only)
-
-    def export(self, source: SourceModel, precision: str, out_dir: Path, options: dict,
+    def export(self, source: SourceModel, precision: str, out_dir: Path, options: TfliteOptions,
                calibration: CalibrationSet | None = None) -> Artifact:
         self.check_precision(precision)
-        converter = options.get("converter", "litert-torch")
-        if converter not in CONVERTERS:
-            raise ConfigError(f"tflite converter {converter!r} unknown; choose one of {', '.join(CONVERTERS)}")
         path = out_dir / "model.tflite"
-        if converter == "litert-torch":
+        if options.converter == "litert-torch":
             litert_convert(source, path)
         else:
             if calibration is None:
@@ -333,15 +344,18 @@ class TfliteTarget(Target):
             fp32.unlink()
         elif precision != "fp32":
             raise ConfigError(f"tflite {precision} comes from quantize, not export")
-        return self._artifact(source, path, precision, converter, channels_last=converter == "onnx2tf")
+        return self._artifact(source, path, precision, options.converter, channels_last=options.converter == "onnx2tf")
 
-    def quantize(
-        self, source: SourceModel, float_artifact: Artifact, calibration: CalibrationSet, precision: str,
-        out_dir: Path, options: dict,
-    ) -> Artifact:
+    def cache_extras(self, precision: str, options: TfliteOptions, calibration: CalibrationSet) -> dict:
+        # onnx2tf checks its layout choices on real data: its fp32/fp16 files depend on that data
+        return {"calibration": calibration.digest} if options.converter == "onnx2tf" else {}
+
+    def quantize(self, source: SourceModel, float_artifact: Artifact, request: QuantizeRequest, precision: str,
+                 out_dir: Path, options: TfliteOptions) -> Artifact:
         self.check_precision(precision)
+        calibration = request.calibration
         path = out_dir / "model.tflite"
-        per_channel = bool(options.get("per_channel", True))
+        per_channel = options.per_channel
         scheme: dict = {"samples": len(calibration)}
         if precision == "int8-dynamic":
             from ai_edge_quantizer import recipe
@@ -363,6 +377,78 @@ class TfliteTarget(Target):
         artifact = self._artifact(source, path, precision, converter, channels_last=converter == "onnx2tf")
         artifact.options = {"quantization": scheme | {"io": sorted({s.dtype for s in artifact.inputs + artifact.outputs})}}
         return artifact
+
+    def runtime_variants(self, options: TfliteOptions) -> list[dict]:
+        return [{"xnnpack": options.xnnpack}]
+
+    def bundle_extras(self, artifact: Artifact, manifest: dict, folder: Path) -> None:
+        """The model as a 16-byte aligned C array (TFLite Micro, NDK apps), a C++ example that
+        names this model's tensors, and assets/ for an Android app."""
+        from edgeport.targets.onnxruntime import android_assets
+        from edgeport.targets.tflite_bundle import c_array, cpp_example
+
+        header, source = c_array("g_model", artifact.main_file.read_bytes())
+        (folder / "model_data.h").write_text(header)
+        (folder / "model_data.cc").write_text(source)
+        (folder / "example.cc").write_text(cpp_example(manifest))
+        android_assets(artifact, manifest, folder)
+
+    def phone_inputs(self, artifact: Artifact, samples: dict[str, np.ndarray]) -> dict[str, bytes]:
+        """benchmark_model's --input_layer_value_files: raw tensors by the interpreter's tensor names."""
+        _, runner = signature(artifact.main_file)
+        tensor_names = {key: d["name"] for key, d in runner.get_input_details().items()}
+        return {tensor_names[s.key]: s.from_source(samples[s.name][:1]).tobytes() for s in artifact.inputs}
+
+    @staticmethod
+    def device_loader(path: str, threads: int, options: dict, shapes: dict) -> dict:
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+            import ai_edge_litert as lib
+        except ImportError:  # older boards: the frozen tflite_runtime wheel
+            from tflite_runtime.interpreter import Interpreter
+            import tflite_runtime as lib
+        kwargs = {"num_threads": threads}
+        if options.get("xnnpack") is False:
+            from ai_edge_litert.interpreter import OpResolverType
+
+            kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        interpreter = Interpreter(model_path=path, **kwargs)
+        interpreter.allocate_tensors()
+        # Tensors are named by the signature's keys (tensor indices follow no useful order).
+        signature = interpreter.get_signature_runner()
+        ins = {k: d["index"] for k, d in signature.get_input_details().items()}
+        outs = {k: d["index"] for k, d in signature.get_output_details().items()}
+
+        def set_inputs(feeds):
+            for name, value in feeds.items():
+                interpreter.set_tensor(ins[name], value)
+
+        def invoke():
+            interpreter.invoke()
+            return {name: interpreter.get_tensor(index) for name, index in outs.items()}
+
+        return {"version": getattr(lib, "__version__", "unknown"), "ran": {"xnnpack": options.get("xnnpack", True),
+                "io": "bound once"}, "set_inputs": set_inputs, "invoke": invoke}
+
+    @staticmethod
+    def example_loader(path):
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:  # older boards
+            from tflite_runtime.interpreter import Interpreter
+        interpreter = Interpreter(model_path=str(path))
+        interpreter.allocate_tensors()
+        signature = interpreter.get_signature_runner()  # its keys are the runtime names in the manifest
+        ins = {k: d["index"] for k, d in signature.get_input_details().items()}
+        outs = {k: d["index"] for k, d in signature.get_output_details().items()}
+
+        def run(feeds):
+            for key, value in feeds.items():
+                interpreter.set_tensor(ins[key], value)
+            interpreter.invoke()
+            return {key: interpreter.get_tensor(index) for key, index in outs.items()}
+
+        return run
 
     def _artifact(self, source: SourceModel, path: Path, precision: str, converter: str, channels_last: bool) -> Artifact:
         artifact = self.new_artifact(precision, "tflite", [path.name], source, converter=converter)

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from edgeport import load_config, run
 from edgeport.calibration.digits import digits_split
 from edgeport.cli import app
-from edgeport.pipeline.run import Run
+import edgeport
 from tests.conftest import message_lines, write_config
 
 PRE = "preprocessing = { scale = 0.00392156862745098, channel_order = \"gray\", layout = \"NCHW\" }\n"
@@ -216,7 +216,7 @@ def test_entropy_calibration_is_not_minmax_in_disguise(tmp_path, model_cache):
 
     config = write_config(tmp_path, targets='[targets.onnxruntime]\nprecisions = ["int8"]\n'
                                             'calibration_method = ["minmax", "entropy"]\n')
-    built = {a.variant: a for a in Run(load_config(config)).artifacts()}
+    built = {a.variant: a for a in edgeport.export(load_config(config))}
 
     def activation_scales(artifact) -> dict[str, float]:
         model = onnx.load(str(artifact.main_file))

@@ -23,7 +23,7 @@ from edgeport import load_config
 from edgeport.cli import app
 from edgeport.devices.adb import parse_benchmark_model
 from edgeport.errors import DeviceError
-from edgeport.pipeline.run import Run
+import edgeport
 from tests.conftest import REPO, write_config
 
 FIXTURE = REPO / "tests" / "fixtures" / "benchmark_model_am62x.txt"
@@ -78,7 +78,7 @@ def fake_phone(tmp_path, monkeypatch):
 def test_bench_tflite_through_adb_and_benchmark_model(tmp_path, fake_phone, model_cache):
     devices, log, workdir = fake_phone
     targets = '[targets.tflite]\nprecisions = ["fp32"]\n'
-    (artifact,) = Run(load_config(write_config(tmp_path, targets=targets))).artifacts()
+    (artifact,) = edgeport.export(load_config(write_config(tmp_path, targets=targets)))
     out = tmp_path / "bench.json"
     result = cli.invoke(app, ["bench", str(artifact.root), "--device", "phone", "--devices-dir", str(devices),
                               "--iterations", "50", "--warmup", "3", "--min-seconds", "1", "--out", str(out)])
@@ -113,7 +113,7 @@ def test_live_phone(tmp_path, model_cache):
                                         'runtimes = ["tflite"]\n')
     check = cli.invoke(app, ["devices", "check", "phone", "--devices-dir", str(devices), "--json"])
     assert check.exit_code == 0, check.output
-    (artifact,) = Run(load_config(write_config(tmp_path, targets='[targets.tflite]\nprecisions = ["fp32"]\n'))).artifacts()
+    (artifact,) = edgeport.export(load_config(write_config(tmp_path, targets='[targets.tflite]\nprecisions = ["fp32"]\n')))
     out = tmp_path / "bench.json"
     result = cli.invoke(app, ["bench", str(artifact.root), "--device", "phone", "--devices-dir", str(devices),
                               "--out", str(out)])

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from edgeport import load_config, run
 from edgeport.cli import app
-from edgeport.pipeline.run import Run
+import edgeport
 from tests import sshd
 from tests.conftest import write_config
 
@@ -69,7 +69,7 @@ def devices_dir(tmp_path: Path, server: sshd.Server, name: str = "box", **fields
 def artifacts(tmp_path_factory, model_cache):
     """ONNX Runtime fp32 and int8 artifacts of the digits CNN."""
     folder = tmp_path_factory.mktemp("ssh-artifacts")
-    built = Run(load_config(write_config(folder))).artifacts()
+    built = edgeport.export(load_config(write_config(folder)))
     return {a.precision: a.root for a in built}
 
 

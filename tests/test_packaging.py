@@ -29,7 +29,7 @@ def test_wheel_builds_without_setuptools_warnings_and_ships_package_data(tmp_pat
     assert warned == [], "\n".join(warned)
     (wheel,) = (tmp_path / "dist").glob("edgeport-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for expected in ("edgeport/cli.py", "edgeport/pipeline/run.py", "edgeport/pipeline/compress/distill.py",
+    for expected in ("edgeport/cli/__init__.py", "edgeport/pipeline/run.py", "edgeport/pipeline/compress/distill.py",
                      "edgeport/schemas/manifest.schema.json", "edgeport/devices/profiles/local.toml",
                      "edgeport/devices/emulated_pi/pi.sh", "edgeport/examples/digits.toml",
                      "edgeport/devices/runner.py", "edgeport/targets/tflite.py"):

@@ -8,7 +8,7 @@ import re
 
 from rich.console import Console
 
-from edgeport.cli_progress import plain_listener
+from edgeport.cli.progress import plain_listener
 from edgeport.pipeline.stages import Event, Stages
 from edgeport.progress import report
 

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from edgeport import load_config
 from edgeport.cli import app
+from edgeport.metrics import Budget
 from edgeport.pipeline.search import judge, plan, tune
 from edgeport.pipeline.search_report import pareto_front
 from tests.conftest import write_config
@@ -32,13 +33,13 @@ def test_pareto_front_and_budget_verdicts():
         outputs = [{"name": "logits", "max_abs": 0.1, "sqnr_db": 30.0, "cosine": 0.999, **figures}]
         return {"outputs": outputs, "accuracy": figures.get("accuracy"), "reference_accuracy": 0.97}
 
-    met, why, short = judge(verify(top1_agreement=0.985), {"min_top1_agreement": 0.99})
+    met, why, short = judge(verify(top1_agreement=0.985), Budget(min_top1_agreement=0.99))
     assert not met and why == "output 'logits': top-1 agreement 0.985 outside min_top1_agreement = 0.99"
     assert short == pytest.approx(0.005)
-    met, why, short = judge(verify(accuracy=0.95), {"max_accuracy_drop": 1.0})
+    met, why, short = judge(verify(accuracy=0.95), Budget(max_accuracy_drop=1.0))
     assert not met and "2.00 points below PyTorch's 97.00% (max_accuracy_drop = 1)" in why and short == pytest.approx(1.0)
-    assert judge(verify(top1_agreement=1.0, cosine=0.9999), {"min_top1_agreement": 0.99, "min_cosine": 0.999})[0]
-    met, why, _ = judge(verify(), {"min_top1_agreement": 0.99})  # an embedding: nothing to measure it on
+    assert judge(verify(top1_agreement=1.0, cosine=0.9999), Budget(min_top1_agreement=0.99, min_cosine=0.999))[0]
+    met, why, _ = judge(verify(), Budget(min_top1_agreement=0.99))  # an embedding: nothing to measure it on
     assert not met and why.startswith("no top-1 agreement: no output holds class scores")
 
 
@@ -52,7 +53,7 @@ def test_plan_is_the_product_of_the_search_axes(tmp_path, model_cache):
     # TFLite's int8 has neither calibration methods nor a float fallback here: one candidate.
     assert labels == ["onnxruntime/fp32", *ort_int8, "tflite/fp32", "tflite/int8"]
     aware = next(c for c in plan(config) if c.label == "onnxruntime/int8/entropy-aware")
-    assert aware.options["min_top1_agreement"] == 0.99 and aware.options["calibration_method"] == "entropy"
+    assert aware.options.min_top1_agreement == 0.99 and aware.options.calibration_method == "entropy"
 
 
 def test_search_without_a_budget_is_one_line(tmp_path, model_cache):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeport.metrics import judge, output_metrics
+from edgeport.metrics import Budget, output_metrics
 from edgeport.pipeline.config import DEFAULT_TOLERANCES, Tolerance
 from edgeport.pipeline.verify import compare
 from edgeport.types import Artifact, TensorSpec
@@ -16,8 +16,8 @@ def artifact(precision="int8", outputs=("logits",)):
     return Artifact(id="x", target="onnxruntime", format="onnx", precision=precision, inputs=specs[:1], outputs=specs)
 
 
-def limits(name: str) -> dict:
-    return DEFAULT_TOLERANCES[name].model_dump()
+def limits(name: str) -> Budget:
+    return DEFAULT_TOLERANCES[name]
 
 
 def test_metrics_of_identical_outputs():
@@ -42,7 +42,7 @@ def test_per_sample_cosine_finds_the_one_broken_sample():
     out[17] = -ref[17]
     m = output_metrics("y", ref, out, scores=False)
     assert m.cosine_min < -0.99 and m.cosine > 0.98
-    assert judge([m], {"min_sample_cosine": 0.9})[0].startswith("output 'y': worst-sample cosine -1")
+    assert Budget(min_sample_cosine=0.9).misses([m])[0].startswith("output 'y': worst-sample cosine -1")
 
 
 def test_a_constant_bias_cannot_hide_a_broken_output():
@@ -102,7 +102,7 @@ def test_small_int8_noise_passes():
 
 def test_shape_mismatch_is_a_failure():
     ref = np.zeros((4, 10), np.float32)
-    report = compare(artifact(), [ref], [np.zeros((4, 9), np.float32)], None, Tolerance(min_cosine=0.9).model_dump())
+    report = compare(artifact(), [ref], [np.zeros((4, 9), np.float32)], None, Tolerance(min_cosine=0.9))
     assert not report.passed and "shape [4, 9] differs from PyTorch's [4, 10]" in report.failures[0]
 
 

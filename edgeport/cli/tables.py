@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from edgeport.pipeline.report import fmt, table_rows
+from edgeport.pipeline.plots import fmt
+from edgeport.pipeline.report import table_rows
 
 
 def results_table(result) -> Table:
@@ -63,3 +64,46 @@ def search_table(result) -> Table:
                       fmt(v.get("top1_agreement"), ".4f"), fmt(v.get("cosine"), ".6f"),
                       fmt(c.size_bytes and c.size_bytes / 1024, ".1f"), fmt(c.p50_ms, ".4f"))
     return table
+
+
+def sensitivity_table(entry) -> Table:
+    table = Table("rank", "tensor", "op", "output SQNR (dB)", title=f"{entry.target}/{entry.precision}: worst layers")
+    for i, s in enumerate(entry.sensitivity[:10], 1):
+        table.add_row(str(i), s["tensor"], s["op"], f"{s['output_sqnr_db']:.1f}")
+    return table
+
+
+def profiles_table(profiles) -> Table:
+    from rich.markup import escape
+
+    table = Table("name", "transport", "address", "arch", "threads", "runtimes", "profile")
+    for p in profiles:
+        table.add_row(p.name, p.transport, escape(p.address), p.arch or "—", str(p.threads or "all"),
+                      ", ".join(p.runtimes) or "—", escape(p.source))
+    return table
+
+
+def targets_table(rows: list[dict]) -> Table:
+    from rich.markup import escape
+
+    table = Table("target", "installed", "precisions", "install with", "runtime")
+    for r in rows:
+        table.add_row(r["name"], "[green]yes[/green]" if r["installed"] else "[red]no[/red]", ", ".join(r["precisions"]),
+                      escape(f"pip install 'edgeport[{r['extra']}]'"), r["description"])
+    return table
+
+
+def device_report(console, report: dict) -> None:
+    """What `devices check` found, a few lines."""
+    from rich.markup import escape
+
+    facts = report["facts"]
+    console.print(f"[bold]{report['device']}[/bold] ({escape(report['address'])}): {facts.get('os')}", highlight=False)
+    temperature = facts.get("temperature_c")
+    console.print(f"  arch    {facts.get('arch')}  cpu {facts.get('cpu')}  cores {facts.get('cores')}"
+                  f"  governor {facts.get('governor') or 'unreadable'}"
+                  f"  temperature {f'{temperature:.1f} °C' if temperature is not None else 'unreadable'}", highlight=False)
+    console.print(f"  python  {facts.get('python')}  numpy {facts.get('numpy') or '[red]missing[/red]'}", highlight=False)
+    for runtime, found in report["runtimes"].items():
+        shown = f"{found['version']} ({found['module']})" if found else "[red]missing[/red]"
+        console.print(f"  {runtime:<12} {shown}", highlight=False)

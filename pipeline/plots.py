@@ -1,0 +1,28 @@
+"""Small helpers every report part shares: number formatting and PNG figures (matplotlib, no display)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def fmt(value, spec: str, none: str = "—") -> str:
+    return none if value is None else format(value, spec)
+
+
+def new_figure(height: float):
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: write files only
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(6.5, height), dpi=110)
+
+
+def save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.partial.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
