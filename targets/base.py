@@ -9,7 +9,12 @@ axes, what a cache key must add, what a device installs and what a bundle adds. 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
+import logging
+import os
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -207,6 +212,39 @@ def function_source(function) -> str:
     text = textwrap.dedent(inspect.getsource(function))
     lines = [line for line in text.splitlines() if not line.lstrip().startswith("@")]
     return "\n".join(lines).replace(f"def {function.__name__}(", "def load(", 1) + "\n"
+
+
+@contextlib.contextmanager
+def quiet(log: Path | None = None):
+    """Converters (TensorFlow, absl, onnx2tf, ExecuTorch) write to the process's stdout/stderr
+    from C++ as well as Python: send both file descriptors to `log` (kept beside the artifact)
+    unless -v."""
+    if logging.getLogger("edgeport").isEnabledFor(logging.INFO):
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log or os.devnull, "ab") as sink, contextlib.redirect_stdout(io.StringIO()) as out, \
+            contextlib.redirect_stderr(io.StringIO()) as err:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            sink.write((out.getvalue() + err.getvalue()).encode())
+
+
+def example_args(source: SourceModel, batch: int = 1):
+    """Zeros of the source's input shapes and dtypes (what a converter traces with)."""
+    import torch
+
+    return tuple(torch.zeros(s.concrete_shape(batch), dtype=getattr(torch, s.dtype)) for s in source.inputs)
 
 
 def numerics_of(precision: str) -> str:

@@ -13,9 +13,6 @@ scale and zero point, read back from the interpreter.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
 import shutil
 import sys
@@ -26,7 +23,9 @@ import numpy as np
 from pydantic import Field
 
 from edgeport.errors import ConfigError, ExportError, require
-from edgeport.targets.base import QuantizeRequest, SourceModel, Target, TargetOptions, declared_tensor
+from edgeport.targets.base import (
+    QuantizeRequest, SourceModel, Target, TargetOptions, declared_tensor, example_args, quiet,
+)
 from edgeport.types import Artifact, CalibrationSet, TensorSpec
 
 # TensorFlow's C++ logging bypasses Python's streams; keep it quiet unless asked.
@@ -107,37 +106,6 @@ def read_specs(path: Path, source: SourceModel, channels_last: bool) -> tuple[li
 
 
 LOG_NAME = "convert.log"
-
-
-@contextlib.contextmanager
-def quiet(log: Path | None = None):
-    """TensorFlow, absl and onnx2tf write to the process's stdout/stderr from C++ as well as
-    Python: send both file descriptors to `log` (kept beside the artifact) unless -v."""
-    if logging.getLogger("edgeport").isEnabledFor(logging.INFO):
-        yield
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with open(log or os.devnull, "ab") as sink, contextlib.redirect_stdout(io.StringIO()) as out, \
-            contextlib.redirect_stderr(io.StringIO()) as err:
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stdout.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
-            sink.write((out.getvalue() + err.getvalue()).encode())
-
-
-def example_args(source: SourceModel):
-    import torch
-
-    return tuple(torch.zeros(s.concrete_shape(1), dtype=getattr(torch, s.dtype)) for s in source.inputs)
 
 
 def litert_convert(source: SourceModel, path: Path, quant_config=None, module=None) -> None:
