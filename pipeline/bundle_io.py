@@ -371,7 +371,7 @@ def manifest_mismatches(manifest: dict, declared: dict) -> list[str]:
     from edgeport.targets.base import numerics_of
 
     problems = []
-    if numerics_of(manifest["precision"]) != declared["numerics"]:
+    if declared["numerics"] is not None and numerics_of(manifest["precision"]) != declared["numerics"]:
         problems.append(f"precision {manifest['precision']!r}, but the model file's weights are {declared['numerics']}")
     for kind in ("inputs", "outputs"):
         found = {t["name"]: t for t in declared[kind]}

@@ -132,7 +132,8 @@ class Target(ABC):
         """What the model file itself declares, to check a record against it: {"inputs": [...],
         "outputs": [...]} with each tensor's runtime name, shape (None for a dynamic dimension),
         dtype, and int8 scale / zero point where the format stores them; and "numerics": "int8"
-        when its weights are integer, "float16" when half, else "float32"."""
+        when its weights are integer, "float16" when half, "float32", or None where the format
+        does not say."""
         raise NotImplementedError(f"target {self.name} cannot read back what its files declare")
 
     def runtime_variants(self, options: TargetOptions) -> list[dict]:
