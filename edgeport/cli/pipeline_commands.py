@@ -68,9 +68,12 @@ def demo(
     from edgeport import targets
 
     cfg = load(Path(str(files("edgeport.examples") / "digits.toml")), runs_dir=str(runs_dir))
-    for t in [t for t in cfg.targets if not targets.is_installed(t)]:
-        err.print(f"[yellow]skipping {t}[/yellow]: not installed " + escape(f"(pip install 'edgeport[{targets.info(t).extra}]')"))
-        cfg.targets.pop(t)
+    for t in targets.available():  # every runtime the table knows: the file's options, else the target's defaults
+        if not targets.is_installed(t):
+            err.print(f"[yellow]skipping {t}[/yellow]: not installed " + escape(f"(pip install 'edgeport[{targets.info(t).extra}]')"))
+            cfg.targets.pop(t, None)
+        else:
+            cfg.targets.setdefault(t, {})
     with listening(cfg, verbose) as listener:  # third-party output goes to the run's log meanwhile
         result = edgeport.run(cfg, listener, rebuild=rebuild)
     show_result(result, as_json)
