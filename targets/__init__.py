@@ -38,6 +38,9 @@ BUILTIN = {t.name: t for t in (
                ("fp32", "fp16", "int8-dynamic", "int8", "full-int8"),
                "TFLite/LiteRT via litert-torch; full-int8 (int8 IO) via onnx2tf + TensorFlow",
                ("ai-edge-litert", "litert-torch", "ai-edge-quantizer", "tensorflow", "onnx2tf")),
+    TargetInfo("executorch", "edgeport.targets.executorch:ExecuTorchTarget", "executorch", "executorch",
+               ("fp32", "int8", "int8-dynamic"), "ExecuTorch (.pte) with the XNNPACK delegate; int8 through PT2E",
+               ("executorch", "torchao")),
 )}
 DEFAULT = "onnxruntime"  # the target a config without [targets] builds
 
