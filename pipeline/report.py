@@ -99,20 +99,23 @@ def report_json(result) -> dict:
 
 def metrics_note(result) -> str:
     """How to read the cosine and top-1 columns, for this model's outputs."""
-    outputs = [s.name for s in next((r.artifact.outputs for r in result.artifacts if r.artifact), [])]
-    scores = next((r.verify.scores_output for r in result.artifacts if r.verify and r.verify.scores_output), None)
-    declared = result.config.model.class_scores
-    scored = [o.name for r in result.artifacts if r.verify for o in r.verify.outputs if o.top1_agreement is not None]
+    outputs = next((r.artifact.outputs for r in result.artifacts if r.artifact), [])
+    scored = next((o.name for r in result.artifacts if r.verify for o in r.verify.outputs
+                   if o.top1_agreement is not None), None)
     note = ("Cosine is the mean over held-out samples of each sample's cosine with PyTorch's output"
-            + (f" (the worst of the {len(outputs)} outputs; each output's figures are below)" if len(outputs) > 1 else "")
-            + ". ")
-    if scored:
-        why = "as model.class_scores declares" if declared else "the first output, [batch, classes] with labels"
-        note += f"Top-1 agreement and accuracy are measured on the class-score output `{scored[0]}` ({why})."
-    else:
-        note += ("No output is taken as class scores (no labels, and model.class_scores is not set), so there is no "
-                 "top-1 agreement or accuracy.")
-    return note + (f" Accuracy: `{scores}` against the labels." if scores and scores != (scored or [None])[0] else "")
+            + (f"; with {len(outputs)} outputs the worst one is shown, named in brackets (each output's figures are "
+               "below)" if len(outputs) > 1 else "") + ". ")
+    if scored is None:
+        return note + ("No output is taken as class scores (no labels fit one, and model.class_scores is not set), "
+                       "so there is no top-1 agreement or accuracy.")
+    why = "as model.class_scores declares" if result.config.model.class_scores else "[batch, classes] with labels that fit"
+    return note + f"Top-1 agreement and accuracy are measured on the class-score output `{scored}` ({why})."
+
+
+def worst(row: dict, result) -> str:
+    """` (name)` of the worst output, for models with several."""
+    several = any(r.artifact and len(r.artifact.outputs) > 1 for r in result.artifacts)
+    return f" ({row['worst_output']})" if several and row.get("worst_output") else ""
 
 
 def outputs_md(result) -> list[str]:
@@ -147,7 +150,8 @@ def report_md(result, rows: list[dict]) -> str:
     for row in rows:
         lines.append(
             f"| {row['target']} | {row['precision']} | {row['variant']} | {row['device']} | {fmt(row['size_kb'], '.1f')} | "
-            f"{fmt(row['accuracy_pct'], '.2f')} | {fmt(row['cosine'], '.6f')} | {fmt(row['top1_agreement'], '.4f')} | "
+            f"{fmt(row['accuracy_pct'], '.2f')} | {fmt(row['cosine'], '.6f')}{worst(row, result)} | "
+            f"{fmt(row['top1_agreement'], '.4f')} | "
             f"{row['verified']} | {fmt(row['p50_ms'], '.4f')} | {fmt(row['p90_ms'], '.4f')} | "
             f"{fmt(row['speedup'], '.2f', '')}{'x' if row['speedup'] else ''} | {fmt(row['device_accuracy_pct'], '.2f')} | "
             f"{fmt(row['device_cosine'], '.6f')} |"

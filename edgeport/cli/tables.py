@@ -9,8 +9,10 @@ from edgeport.pipeline.report import table_rows
 
 
 def results_table(result) -> Table:
+    outputs = max((len(r.artifact.outputs) for r in result.artifacts if r.artifact), default=1)
+    cosine = f"cosine (worst of {outputs} outputs)" if outputs > 1 else "cosine"  # each output: report.md
     table = Table(title=f"edgeport run '{result.config.name}'", title_justify="left")
-    for col in ("target", "precision", "variant", "device", "size (KB)", "accuracy (%)", "cosine", "p50 (ms)", "p90 (ms)",
+    for col in ("target", "precision", "variant", "device", "size (KB)", "accuracy (%)", cosine, "p50 (ms)", "p90 (ms)",
                 "speedup", "verified"):
         table.add_column(col, justify="left" if col in ("target", "precision", "variant", "device", "verified") else "right")
     for row in table_rows(result):
