@@ -49,6 +49,17 @@ def sqnr_db(ref: np.ndarray, out: np.ndarray) -> float:
     return float(min(SQNR_CAP_DB, 10 * math.log10(max(float(np.sum(ref64**2)), 1e-30) / noise)))
 
 
+def wilson_interval(agree: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a share (agree of total): how much an agreement measured
+    on this many samples can be trusted (300 samples at 0.99 could be 0.97 or 1.0)."""
+    if total == 0:
+        return 0.0, 1.0
+    p = agree / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def input_dependence(ref: np.ndarray) -> float:
     """Share of the reference's energy that varies from sample to sample (1 = all of it)."""
     ref64 = np.asarray(ref, np.float64).reshape(len(ref), -1)
@@ -68,14 +79,16 @@ def output_metrics(name: str, ref: np.ndarray, out: np.ndarray, scores: bool) ->
         mean = judged_ref.mean(0, keepdims=True)
         judged_ref, judged_out = judged_ref - mean, judged_out - mean
     per_sample = sample_cosines(judged_ref, judged_out) if ref[0].size > 1 else None
-    top1 = None
+    top1 = interval = None
     if scores:
-        top1 = float((ref.reshape(len(ref), -1).argmax(1) == out.reshape(len(out), -1).argmax(1)).mean())
+        same = int((ref.reshape(len(ref), -1).argmax(1) == out.reshape(len(out), -1).argmax(1)).sum())
+        top1, interval = same / len(ref), list(wilson_interval(same, len(ref)))
     return OutputMetrics(
         name=name, samples=len(ref), max_abs=float(np.abs(ref - out).max()) if ref.size else 0.0,
         cosine=float(per_sample.mean()) if per_sample is not None else cosine(judged_ref, judged_out),
         cosine_min=float(per_sample.min()) if per_sample is not None else None,
         cosine_global=cosine(ref, out), sqnr_db=sqnr_db(judged_ref, judged_out), top1_agreement=top1,
+        top1_interval=interval,
         input_dependence=dependence, centred=centred,
     )
 

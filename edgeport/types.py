@@ -206,6 +206,7 @@ class OutputMetrics(BaseModel):
     cosine_global: float | None = None  # all samples as one vector, raw values
     sqnr_db: float
     top1_agreement: float | None = None  # class-score outputs only
+    top1_interval: list[float] | None = None  # its 95% Wilson interval: what this many samples can tell
     input_dependence: float | None = None  # share of the reference's energy that varies with the input
     centred: bool = False  # judged on outputs minus the reference's mean (it hardly varies)
 
@@ -246,6 +247,8 @@ class VerifyReport(BaseModel):
             "max_abs": max(o.max_abs for o in self.outputs),
             "sqnr_db": min(o.sqnr_db for o in self.outputs),
             "top1_agreement": self.top1_agreement,
+            "top1_interval": next((o.top1_interval for o in self.outputs if o.top1_agreement == self.top1_agreement
+                                   and o.top1_interval), None),
             "worst_output": min(self.outputs, key=lambda o: o.cosine).name,
             "samples": self.samples,
             "failures": self.failures,

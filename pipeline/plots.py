@@ -26,3 +26,10 @@ def save_figure(fig, path: Path) -> None:
     fig.savefig(tmp)
     plt.close(fig)
     tmp.replace(path)
+
+
+def share(value: float | None, interval: list[float] | None = None) -> str:
+    """A share with its 95% interval: 0.9900 [0.983, 0.994]."""
+    if value is None:
+        return "—"
+    return f"{value:.4f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")

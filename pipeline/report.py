@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from edgeport.pipeline import report_html
-from edgeport.pipeline.plots import fmt, new_figure, save_figure
+from edgeport.pipeline.plots import fmt, new_figure, save_figure, share
 from edgeport.types import write_text_atomic
 
 SCHEMA_VERSION = 1
@@ -127,13 +127,13 @@ def outputs_md(result) -> list[str]:
              "Per output, on the held-out samples: cosine per sample (mean, worst), SQNR, max abs error, top-1 "
              "agreement where the output holds class scores. \"centred\" marks an output that hardly varies with the "
              "input, judged on its input-dependent part.", "",
-             "| artifact | output | cosine (mean) | cosine (worst sample) | SQNR (dB) | max abs | top-1 agree | note |",
+             "| artifact | output | cosine (mean) | cosine (worst sample) | SQNR (dB) | max abs | top-1 agree [95%] | note |",
              "|---|---|---:|---:|---:|---:|---:|---|"]
     for r in verified:
         for o in r.verify.outputs:
             note = f"centred ({o.input_dependence:.2%} varies)" if o.centred else ""
             lines.append(f"| {r.label} | {o.name} | {o.cosine:.6f} | {fmt(o.cosine_min, '.6f')} | {o.sqnr_db:.1f} | "
-                         f"{o.max_abs:.3g} | {fmt(o.top1_agreement, '.4f')} | {note} |")
+                         f"{o.max_abs:.3g} | {share(o.top1_agreement, o.top1_interval)} | {note} |")
     return lines
 
 

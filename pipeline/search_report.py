@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgeport.pipeline.plots import fmt, new_figure, save_figure
+from edgeport.pipeline.plots import fmt, new_figure, save_figure, share
 
 PLOTS = {"latency": "pareto_latency.png", "size": "pareto_size.png"}
 
@@ -74,7 +74,8 @@ def search_md(search: dict, run_dir: Path, baseline_p50: float | None) -> list[s
         lines += [f"**Chosen: {chosen['label']}** — " + ", ".join(filter(None, [
             f"p50 {chosen['p50_ms']:.4f} ms" if chosen["p50_ms"] else None,
             f"{baseline_p50 / chosen['p50_ms']:.2f}x PyTorch eager" if baseline_p50 and chosen["p50_ms"] else None,
-            f"top-1 agreement {chosen['verify']['top1_agreement']:.4f}" if chosen["verify"].get("top1_agreement") is not None else None,
+            f"top-1 agreement {share(chosen['verify']['top1_agreement'], chosen['verify'].get('top1_interval'))} (95% interval)"
+            if chosen["verify"].get("top1_agreement") is not None else None,
             f"cosine {chosen['verify']['cosine']:.6f}", f"{chosen['size_bytes'] / 1024:.1f} KB",
             f"{len(chosen['float_layers'])} layer(s) kept in float" if chosen["float_layers"] else None])) + ".", ""]
     lines += ["| candidate | verdict | why | top-1 agree | accuracy (%) | cosine | float layers | size (KB) | p50 (ms) | speedup |",
@@ -83,7 +84,7 @@ def search_md(search: dict, run_dir: Path, baseline_p50: float | None) -> list[s
     for c in sorted(search["candidates"], key=lambda c: (order.get(c["status"], 5), c["p50_ms"] or 1e9)):
         v = c["verify"] or {}
         speedup = baseline_p50 / c["p50_ms"] if baseline_p50 and c["p50_ms"] else None
-        lines.append(f"| {c['label']} | {c['status']} | {c['reason']} | {fmt(v.get('top1_agreement'), '.4f')} | "
+        lines.append(f"| {c['label']} | {c['status']} | {c['reason']} | {share(v.get('top1_agreement'), v.get('top1_interval'))} | "
                      f"{fmt(v.get('accuracy') and v['accuracy'] * 100, '.2f')} | {fmt(v.get('cosine'), '.6f')} | "
                      f"{len(c['float_layers']) if c['verify'] else '—'} | {fmt(c['size_bytes'] and c['size_bytes'] / 1024, '.1f')} | "
                      f"{fmt(c['p50_ms'], '.4f')} | {fmt(speedup, '.2f', '')}{'x' if speedup else ''} |")
