@@ -141,18 +141,20 @@ def test_ray_and_local_choose_the_same_artifact(tmp_path, model_cache):
     assert chosen["ray"] == chosen["local"]
 
 
-def test_crops_are_real_photos_in_two_disjoint_folders(tmp_path):
+def test_crops_are_real_photos_of_disjoint_scenes(tmp_path):
+    """Evaluation crops come from photos calibration never sees: agreement on unseen scenes."""
     from PIL import Image
 
-    from edgeport.calibration.crops import write_crops
+    from edgeport.calibration.crops import EVALUATION_SCENES, write_crops
 
-    result = cli.invoke(app, ["crops", str(tmp_path / "crops"), "--calibration", "6", "--evaluation", "5",
+    result = cli.invoke(app, ["crops", str(tmp_path / "crops"), "--calibration", "12", "--per-scene", "3",
                               "--size", "64"])
     assert result.exit_code == 0, result.output
     calib = sorted((tmp_path / "crops" / "calibration").glob("*.png"))
     evaluation = sorted((tmp_path / "crops" / "evaluation").glob("*.png"))
-    assert len(calib) == 6 and len(evaluation) == 5
+    assert len(calib) == 12 and len(evaluation) == 3 * len(EVALUATION_SCENES)
+    assert {p.name.rsplit("-", 1)[0] for p in evaluation} == set(EVALUATION_SCENES)
+    assert not {p.name.rsplit("-", 1)[0] for p in calib} & set(EVALUATION_SCENES)  # scenes never cross
     pixels = [np.asarray(Image.open(p)) for p in calib + evaluation]
     assert all(p.shape == (64, 64, 3) and p.std() > 5 for p in pixels)  # real image content, not blank
-    assert len({p.tobytes() for p in pixels}) == 11  # no crop is in both sets (or twice in one)
-    assert write_crops(tmp_path / "crops", 6, 5, 64)["written"] == 0  # a complete set is kept
+    assert write_crops(tmp_path / "crops", 12, 3, 64)["written"] == 0  # a complete set is kept

@@ -50,23 +50,25 @@ def env(as_json: JsonOpt = False, verbose: VerboseOpt = False) -> None:
 
 def crops(
     folder: Annotated[Path, typer.Argument(metavar="OUT", help="folder to write calibration/ and evaluation/ into")] = Path(
-        "~/.cache/edgeport/sample-crops"),
-    calibration: Annotated[int, typer.Option(min=1, help="calibration crops")] = 128,
-    evaluation: Annotated[int, typer.Option(min=1, help="evaluation crops (a separate random draw)")] = 300,
+        "~/.cache/edgeport/scene-crops"),
+    calibration: Annotated[int, typer.Option(min=1, help="crops of the calibration scenes")] = 512,
+    per_scene: Annotated[int, typer.Option(min=1, help="crops of each of the 4 evaluation scenes")] = 300,
     size: Annotated[int, typer.Option(min=8, help="crop side in pixels")] = 224,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Write random crops of scikit-learn's two sample photos as image folders: real calibration
-    and evaluation data for image models, offline (examples/efficientnet-lite0.toml uses them)."""
+    """Write random crops of the photos scikit-image and scikit-learn ship as image folders: real
+    calibration and evaluation data for image models, offline, from disjoint scenes (evaluation:
+    astronaut, chelsea, coffee, rocket; calibration: every other photo). examples/efficientnet-lite0.toml
+    uses them."""
     setup_logging(verbose)
     from edgeport.calibration.crops import write_crops
 
-    done = write_crops(folder, calibration, evaluation, size, seed)
+    done = write_crops(folder, calibration, per_scene, size, seed)
     if as_json:
         print_json(done)
         return
     what = f"wrote {done['written']} crops" if done["written"] else "already there"
-    err.print(f"{what}: {done['folder']}/calibration ({calibration}), {done['folder']}/evaluation ({evaluation})",
-              highlight=False)
+    err.print(f"{what}: {done['folder']}/calibration ({calibration}), {done['folder']}/evaluation "
+              f"({per_scene} x 4 scenes)", highlight=False)
