@@ -100,7 +100,7 @@ def build(ws: Workspace, source: SourceModel, data: DataSets, planned: Planned, 
         return store(ws, f"{planned.target}-{precision}", key,
                      lambda d: target.export(source, precision, d, options, data.calibration))
     parent = build(ws, source, data, Planned(planned.target, "fp32", options), scores)
-    request = QuantizeRequest(data.calibration, scores)
+    request = QuantizeRequest(data.calibration, scores, shared=ws.run_dir / "shared")
     key = {"stage": "quantize", "parent": parent.id, "calibration": data.calibration.digest, "precision": precision,
            "options": options.build_options(), "scores": scores, "versions": ws.versions, "code": code, **extras}
     return store(ws, planned.slug, key, lambda d: target.quantize(source, parent, request, precision, d, options),

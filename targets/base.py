@@ -44,11 +44,30 @@ class SourceModel:
 
 @dataclass
 class QuantizeRequest:
-    """What integer quantization is given besides the model: the shared calibration set and the
-    outputs an accuracy-aware budget judges top-1 agreement on."""
+    """What integer quantization is given besides the model: the shared calibration set, the
+    outputs an accuracy-aware budget judges top-1 agreement on, and a folder where work every
+    candidate of a search can share is kept (a layer ranking)."""
 
     calibration: CalibrationSet
     class_scores: list[str] = field(default_factory=list)
+    shared: Path | None = None
+
+    def shared_result(self, name: str, key: dict, compute):
+        """`compute()` once per `key` for every build that asks (JSON, written atomically)."""
+        if self.shared is None:
+            return compute()
+        import hashlib
+        import json
+
+        path = self.shared / f"{name}-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        result = compute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(result))
+        os.replace(tmp, path)
+        return result
 
 
 class Session(Protocol):
@@ -281,6 +300,10 @@ class AwareOptions(BaseModel):
     @property
     def accuracy_aware(self) -> bool:
         return bool(self.budget.limits)
+
+    def without_budget(self) -> dict:
+        """The build options an accuracy-aware loop's budget does not change (a shared ranking's key)."""
+        return {k: v for k, v in self.build_options().items() if k not in (*AWARE_KEYS, "max_float_layers")}
 
 
 def calibration_verdict(reference: list[np.ndarray], current: list[np.ndarray], labels: np.ndarray | None,

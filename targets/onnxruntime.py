@@ -87,11 +87,28 @@ class OnnxRuntimeTarget(Target):
 
         loop = AwareLoop(
             reference=run_all(float_artifact.main_file, calibration), current=lambda: run_all(path, calibration),
-            rank_layers=lambda: layer_sensitivity(float_artifact.main_file, path, calibration), requantize=requantize,
+            rank_layers=lambda: self.ranking(source, float_artifact, request, out_dir, options), requantize=requantize,
             size=lambda: path.stat().st_size, latency=lambda: latency_ms(path, calibration),
             names=[o.name for o in source.outputs])
         built[-1].options["quantization"]["accuracy_aware"] = keep_sensitive_in_float(loop, options, request)
         return built[-1]
+
+    def ranking(self, source: SourceModel, float_artifact: Artifact, request: QuantizeRequest, out_dir: Path,
+                options: OnnxRuntimeOptions) -> list[dict]:
+        """Layers ranked by their int8 cost, measured on a minmax-calibrated model: the same ranking
+        for every calibration method, so a search computes it once per fp32 model (it is shared)."""
+        from edgeport.types import sha256_file
+
+        reference = options.model_copy(update={"calibration_method": "minmax", "nodes_to_exclude": []})
+        key = {"model": sha256_file(float_artifact.main_file), "calibration": request.calibration.digest,
+               "options": reference.without_budget()}
+
+        def compute() -> list[dict]:
+            with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+                self._quantize(source, float_artifact, request.calibration, Path(tmp), reference)
+                return layer_sensitivity(float_artifact.main_file, Path(tmp) / "model.onnx", request.calibration)
+
+        return request.shared_result("onnxruntime-ranking", key, compute)
 
     def choose_smoothing(self, source: SourceModel, float_artifact: Artifact, calibration: CalibrationSet,
                          out_dir: Path, options: OnnxRuntimeOptions) -> str:

@@ -13,7 +13,7 @@ from edgeport.targets.base import (
     AwareLoop, AwareOptions, QuantizeRequest, SearchAxes, SourceModel, Target, TargetOptions, declared_tensor,
     keep_sensitive_in_float, median_ms, worst_sqnr_db,
 )
-from edgeport.types import Artifact, CalibrationSet
+from edgeport.types import Artifact, CalibrationSet, sha256_file
 
 # Ops that mark an attention model, for which NNCF's transformer scheme keeps accuracy.
 ATTENTION_OPS = {"Softmax", "MVN", "ScaledDotProductAttention"}
@@ -161,7 +161,10 @@ class OpenVinoTarget(Target):
             loop = AwareLoop(
                 reference=outputs_on(ov, ov.Core().read_model(str(float_artifact.main_file)), calibration),
                 current=lambda: outputs_on(ov, ov.Core().read_model(str(path)), calibration),
-                rank_layers=lambda: layer_sensitivity(float_artifact.main_file, path, calibration), requantize=rebuild,
+                rank_layers=lambda: request.shared_result(
+                    "openvino-ranking", {"model": sha256_file(float_artifact.main_file),
+                                         "calibration": calibration.digest, "options": options.without_budget()},
+                    lambda: layer_sensitivity(float_artifact.main_file, path, calibration)), requantize=rebuild,
                 size=lambda: sum((out_dir / n).stat().st_size for n in ("model.xml", "model.bin")),
                 latency=lambda: latency_ms(ov, path, calibration), names=[o.name for o in float_artifact.outputs])
             scheme["accuracy_aware"] = keep_sensitive_in_float(loop, options, request)
