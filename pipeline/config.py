@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from edgeport import targets
 from edgeport.errors import ConfigError, did_you_mean
@@ -117,6 +118,9 @@ DEFAULT_TOLERANCES = {
 class VerifyConfig(Strict):
     batch: int = Field(64, gt=0)
     tolerances: dict[str, Budget] = Field(default_factory=dict, description="[verify.tolerances.PRECISION]")
+    against: Literal["auto", "original", "compressed"] = Field("auto", description=(
+        "which PyTorch model artifacts are compared with: the [[compress]] steps' output, or the original "
+        "(auto: the original when a step only prepares for int8, such as qat or adaround)"))
 
     @field_validator("tolerances")
     @classmethod
@@ -158,6 +162,15 @@ class BenchConfig(Strict):
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
+# Built-in compression recipes for [search] (each step with its defaults); "none" adds nothing.
+BUILTIN_RECIPES: dict[str, list[dict]] = {
+    "none": [],
+    "ptq-plus": [{"method": "equalize"}, {"method": "bias-correction"}, {"method": "adaround"}],
+    "qat": [{"method": "qat"}],
+}
+COMPRESS_STEP = TypeAdapter(CompressConfig)
+
+
 class SearchConfig(Strict):
     """`edgeport tune`: the fastest (or smallest) artifact that meets an accuracy budget."""
 
@@ -178,12 +191,36 @@ class SearchConfig(Strict):
     executor: Literal["local", "ray"] = Field("local", description="local: a process pool; ray: a Ray cluster")
     workers: int = Field(0, ge=0, description="local: processes (0 = every core)")
     ray_address: str = Field("local", description='"local" starts Ray here; "auto" or "ray://host:port" joins a cluster')
+    recipes: list[str] = Field(["none"], min_length=1, description=(
+        "compression recipes to try, each appended to the run's [[compress]] steps: none, ptq-plus (equalize, "
+        "bias correction, adaptive rounding), qat, or a name defined under [search.recipe]"))
+    recipe: dict[str, list[CompressConfig]] = Field(default_factory=dict, description=(
+        "recipes of your own: [[search.recipe.NAME]] tables, each a [[compress]] step"))
 
     @model_validator(mode="after")
     def has_budget(self) -> SearchConfig:
         if all(getattr(self, k) is None for k in ("min_top1_agreement", "max_accuracy_drop", "min_cosine")):
             raise ValueError("a budget is needed: min_top1_agreement, max_accuracy_drop or min_cosine")
+        for name in self.recipe:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+                raise ValueError(f"recipe name {name!r}: letters, digits, '.', '_' and '-' only (it names a folder)")
+        known = [*BUILTIN_RECIPES, *self.recipe]
+        for name in self.recipes:
+            if name not in known:
+                raise ValueError(f"unknown recipe {name!r}{did_you_mean(name, known)}; known: {', '.join(known)}")
+        if len(set(self.recipes)) < len(self.recipes):
+            raise ValueError("recipes: a name is listed twice")
         return self
+
+    def prepares_int8(self, name: str) -> bool:
+        """Whether a recipe only prepares the model for int8 (its float model is no candidate)."""
+        return any(step.int8_preparation for step in self.recipe_steps(name))
+
+    def recipe_steps(self, name: str) -> list:
+        """The [[compress]] steps a recipe appends."""
+        if name in self.recipe:
+            return list(self.recipe[name])
+        return [COMPRESS_STEP.validate_python(step) for step in BUILTIN_RECIPES[name]]
 
     @property
     def budget(self) -> Budget:

@@ -109,7 +109,7 @@ def build_bundle(report: Report, entry: Entry, run_dir: Path, out: Path) -> Path
         (partial / "labels.txt").write_text("\n".join(model["labels"]) + "\n")
         labels = "labels.txt"
     (partial / "example.py").write_text(python_example(function_source(target.example_loader)))
-    samples = run_dir / "verify" / "samples.npz"
+    samples = artifact.root.parents[1] / "verify" / "samples.npz"  # the artifact's run folder (a recipe's own)
     if samples.is_file():
         shutil.copyfile(samples, partial / "samples.npz")
     best = {}

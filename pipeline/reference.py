@@ -21,10 +21,20 @@ from edgeport.types import CalibrationSet
 
 @dataclass(frozen=True)
 class Reference:
-    outputs: list[np.ndarray]  # the exported model's outputs on the evaluation set, in output order
+    outputs: list[np.ndarray]  # the compared model's outputs on the evaluation set, in output order
     names: list[str]
     class_scores: list[str]  # the outputs whose argmax is the class
     accuracy: float | None  # the original model's held-out accuracy, on the first class-score output
+    against: str = "compressed"  # which model artifacts are compared with: "compressed" or "original"
+
+
+def judged_against(config: RunConfig) -> str:
+    """Artifacts are compared with the model they export, except after steps that only prepare it
+    for int8 (QAT, adaptive rounding, ...): that float model is not a product, the original is.
+    A search recipe is always judged against the original (the budget is about it)."""
+    if config.verify.against != "auto":
+        return config.verify.against
+    return "original" if any(s.int8_preparation for s in config.compress) else "compressed"
 
 
 def labels_of(config: RunConfig) -> list[str] | None:
@@ -69,6 +79,9 @@ def compute_reference(ws: Workspace, original: LoadedModel, model: LoadedModel, 
     self-tests), and the original model's accuracy (cached)."""
     evaluation = data.evaluation
     scores = class_scores(ws.config, original, data)
+    against = judged_against(ws.config)
+    if against == "original":
+        model = original
     outputs_key = {"model": model.digest, "evaluation": evaluation.digest, "versions": ws.versions,
                    "code": code_hash("edgeport.pipeline.verify")}
 
@@ -93,7 +106,7 @@ def compute_reference(ws: Workspace, original: LoadedModel, model: LoadedModel, 
         return {"accuracy": accuracy(theirs[[s.name for s in original.outputs].index(scores[0])], evaluation.labels)}
 
     baseline = ws.stages.record("verify", "verify/pytorch-fp32.json", key, original_accuracy)["accuracy"]
-    return Reference(outputs, [s.name for s in model.outputs], scores, baseline)
+    return Reference(outputs, [s.name for s in model.outputs], scores, baseline, against)
 
 
 def save_samples(ws: Workspace, model: LoadedModel, evaluation: CalibrationSet, outputs: list, count: int = 2) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
 
 from edgeport.pipeline import report_html
 from edgeport.pipeline.plots import fmt, new_figure, save_figure, share
+from edgeport.pipeline.reference import judged_against
 from edgeport.types import write_text_atomic
 
 SCHEMA_VERSION = 1
@@ -59,7 +61,7 @@ def table_rows(result) -> list[dict]:
     return rows
 
 
-def artifact_json(r) -> dict:
+def artifact_json(r, result_dir: Path) -> dict:
     """One artifact's entry; one that could not be built has its error (and log) instead of files."""
     if r.artifact is None:
         return {"id": None, "target": r.target, "precision": r.precision, "variant": r.variant, "error": r.error,
@@ -68,7 +70,7 @@ def artifact_json(r) -> dict:
         "id": r.artifact.id, "target": r.artifact.target, "precision": r.artifact.precision,
         "variant": r.artifact.variant,
         "converter": r.artifact.converter, "format": r.artifact.format, "size_bytes": r.artifact.size_bytes,
-        "path": f"artifacts/{r.artifact.root.name}",  # relative to the run folder
+        "path": os.path.relpath(r.artifact.root, result_dir),  # relative to the run folder (a recipe's are below it)
         "files": [{"path": f"{r.artifact.root.name}/{f.path}", "sha256": f.sha256, "size_bytes": f.size_bytes}
                   for f in r.artifact.files],
         "inputs": [s.model_dump() for s in r.artifact.inputs],
@@ -91,7 +93,7 @@ def report_json(result) -> dict:
             "verify": {"accuracy": result.reference_accuracy},
             "bench": [bench_dict(b) for b in result.baseline_bench],
         },
-        "artifacts": [artifact_json(r) for r in result.artifacts],
+        "artifacts": [artifact_json(r, result.run_dir) for r in result.artifacts],
         "compression": result.compression,
         **({"search": result.search} if result.search else {}),
     }
@@ -177,6 +179,9 @@ def report_md(result, rows: list[dict]) -> str:
             lines.append(f"| {row['step']} | {pair('params')} | {pair('macs')} | {pair('size_bytes', 1 / 1024, '.1f')} | "
                          f"{pair('zip_bytes', 1 / 1024, '.1f')} | {pair('accuracy', 100, '.2f')} | {pair('p50_ms', 1, '.4f')} |")
         notes = [row["notes"]["note"] for row in result.compression if "note" in row["notes"]]
+        if judged_against(cfg) == "original":
+            notes.insert(0, "Every artifact (fp32 too) is compared with the original model, not with these steps' "
+                            "float output (verify.against; steps that only prepare for int8 imply it).")
         lines += [f"- {n}" for n in dict.fromkeys(notes)]
     facts = (result.baseline_bench[0].device_facts if result.baseline_bench else
              next((b.device_facts for r in result.artifacts for b in r.bench), {}))

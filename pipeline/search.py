@@ -1,8 +1,13 @@
 """`edgeport tune`: find, for one device, the fastest (or smallest) artifact that still meets an
 accuracy budget on held-out data.
 
-Candidates are targets x precisions x calibration methods x accuracy-aware fallback (on/off),
-each target saying which of these axes it has (Target.search_axes). Each is built and verified
+Candidates are compression recipes x targets x precisions x calibration methods x
+accuracy-aware fallback (on/off), each target saying which of these axes it has
+(Target.search_axes). A recipe other than "none" appends its [[compress]] steps to the run's and
+builds in a run folder of its own (runs/NAME/recipes/RECIPE), so its compressed model, export,
+reference and artifacts never mix with another's; a recipe that only prepares the model for
+int8 (QAT, adaptive rounding, ...) offers only integer candidates, judged against the original
+model. Each is built and verified
 through the same stage functions as `edgeport run` (so a re-run builds nothing new), in waves
 that prune what cannot succeed:
 
@@ -20,6 +25,7 @@ that prune what cannot succeed:
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +51,7 @@ class Candidate:
     precision: str
     method: str | None = None
     aware: bool = False
+    recipe: str = "none"
     options: TargetOptions | None = None
     status: str = "pending"  # kept | chosen | rejected | pruned | failed
     reason: str = ""
@@ -57,7 +64,8 @@ class Candidate:
 
     @property
     def variant(self) -> str | None:
-        return "-".join(filter(None, [self.method, "aware" if self.aware else None])) or None
+        recipe = None if self.recipe == "none" else self.recipe
+        return "-".join(filter(None, [recipe, self.method, "aware" if self.aware else None])) or None
 
     @property
     def label(self) -> str:
@@ -72,19 +80,34 @@ def base_options(config: RunConfig, name: str) -> TargetOptions:
     return options.model_copy(update={method_option: methods[0]}) if isinstance(methods, list) else options
 
 
-def plan(config: RunConfig) -> list[Candidate]:
-    """Every candidate the [search] section describes, in build order."""
+def recipe_config(config: RunConfig, recipe: str) -> RunConfig:
+    """The run config of one recipe: its steps after the run's own, in a run folder of its own."""
+    if recipe == "none":
+        return config
+    search = config.search.model_copy(update={"recipes": ["none"]})
+    return config.model_copy(update={
+        "name": recipe, "runs_dir": str(config.run_dir / "recipes"), "search": search,
+        "compress": [*config.compress, *config.search.recipe_steps(recipe)],
+        "verify": config.verify.model_copy(update={"against": "original"}),
+        "package": config.package.model_copy(update={"enabled": False})})
+
+
+def plan(config: RunConfig, recipe: str = "none") -> list[Candidate]:
+    """Every candidate the [search] section describes for one recipe, in build order."""
     search = config.search
     names = search.targets or list(config.targets)
+    prepares_int8 = config.search.prepares_int8(recipe)
     found: list[Candidate] = []
     for name in names:
         target = targets.get(name)
         axes = target.search_axes()
         wanted = search.precisions or config.target_options(name).precisions
         for precision in sorted((p for p in wanted if p in target.precisions), key=precision_rank):
+            if prepares_int8 and precision in target.float_precisions:
+                continue  # the prepared float model is a vehicle for int8, not a product
             options = base_options(config, name)
             if precision != "int8" or not axes.method_option:
-                found.append(Candidate(name, precision, options=options))
+                found.append(Candidate(name, precision, options=options, recipe=recipe))
                 continue
             for method in search.calibration_methods:
                 for aware in dict.fromkeys(search.accuracy_aware):
@@ -93,7 +116,7 @@ def plan(config: RunConfig) -> list[Candidate]:
                     update = {axes.method_option: axes.methods[method]}
                     if aware:
                         update |= {**search.budget.limits, "max_float_layers": search.max_float_layers}
-                    found.append(Candidate(name, precision, method, aware, options.model_copy(update=update)))
+                    found.append(Candidate(name, precision, method, aware, recipe, options.model_copy(update=update)))
     return found
 
 
@@ -156,28 +179,60 @@ class SearchResult:
 
 
 class Search:
-    def __init__(self, config: RunConfig, on_event: Listener | None = None, rebuild: bool = False):
+    """One recipe's candidates built and judged in its own workspace; the search of the run's
+    config (recipe "none") also owns the other recipes' searches, benchmarks and chooses."""
+
+    def __init__(self, config: RunConfig, on_event: Listener | None = None, rebuild: bool = False,
+                 recipe: str = "none", service: BenchService | None = None):
         if config.search is None:
             raise ConfigError("the config has no [search] section: add one with a budget "
                               "(min_top1_agreement, max_accuracy_drop or min_cosine)")
-        self.config, self.search = config, config.search
+        self.config, self.search, self.recipe = config, config.search, recipe
         self.emit = on_event or (lambda event: None)
         self.rebuild = rebuild
         self.ws = Workspace.open(config, on_event, rebuild)
-        self.service = BenchService.of(config)
+        self.service = service or BenchService.of(config)
         self.built: list[str] = []
         self.candidates: list[Candidate] = []
+        self.everyone: list[Candidate] = self.candidates  # for progress: every recipe's candidates
+        self.root = self.ws.run_dir  # the run folder candidates' paths are relative to (the "none" recipe's)
 
     def run(self) -> SearchResult:
         from edgeport.pipeline.executor import make_pool
 
         started = time.perf_counter()
-        candidates = self.candidates = plan(self.config)  # a missing runtime fails before any work
+        recipes = [self if r == "none" else Search(recipe_config(self.config, r), self.emit, self.rebuild, r, self.service)
+                   for r in self.search.recipes]
+        self.everyone = []
+        for r in recipes:  # a missing runtime or an unknown step fails before any work
+            r.candidates = plan(r.config, r.recipe)
+            r.everyone, r.root = self.everyone, self.ws.run_dir
+            self.everyone += r.candidates
         self.service.profile(self.search.device)  # an unknown device fails before any work
-        ws = self.ws
-        self.prepared = prepared = prepare(ws, self.service)
         pool = make_pool(self.search.executor, self.search.workers, self.search.ray_address)
+        for r in recipes:
+            r.build_all(pool)
+        pool.close()  # every build has finished: nothing else runs while this machine times
 
+        candidates = self.everyone
+        owner = {c.label: r for r in recipes for c in r.candidates}
+        kept = [c for c in candidates if c.status == "kept"]
+        timed = [c for c in candidates if c.status == "kept" or (c.status == "rejected" and c.verify["passed"])]
+        results = self.bench(timed, owner, recipes[0])
+        chosen = self.choose(kept)
+        built = [b for r in recipes for b in r.built + r.ws.stages.built]
+        outcome = RunResult(self.config, self.ws.run_dir, results, baseline_bench=self.baseline,
+                            reference_accuracy=recipes[0].prepared.reference.accuracy, built=built)
+        result = SearchResult(outcome, candidates, chosen, pool.description, built, time.perf_counter() - started)
+        self.report(result, recipes[0].prepared)
+        if chosen is None:
+            raise BudgetNotMetError(self.nothing_met(candidates))
+        return result
+
+    def build_all(self, pool) -> None:
+        """Waves 1-3 of this recipe's candidates (see the module's docstring)."""
+        ws, candidates = self.ws, self.candidates
+        self.prepared = prepared = prepare(ws, self.service)
         self.count()
         for c in candidates:  # wave 1: float exports here (they are the integer candidates' parents)
             if c.precision in targets.get(c.target).float_precisions:
@@ -185,6 +240,8 @@ class Search:
                 self.count(c)
         parents_ok = {}
         for c in candidates:
+            if self.recipe != "none":
+                break  # judged against the original, a recipe's fp32 says nothing about its export
             if c.precision not in targets.get(c.target).float_precisions and c.target not in parents_ok:
                 planned = Planned(c.target, c.precision, base_options(self.config, c.target))
                 fp32 = float_parent(ws, prepared.source, prepared.data, planned, prepared.reference.class_scores)
@@ -198,20 +255,6 @@ class Search:
                 c.status, c.reason = "pruned", "plain int8 with this method already meets the budget"
         self.count()
         self.in_parallel(pool, self.prune_orphans([c for c in wave3 if c.status == "pending"], parents_ok))
-        pool.close()  # every build has finished: nothing else runs while this machine times
-
-        kept = [c for c in candidates if c.status == "kept"]
-        timed = [c for c in candidates if c.status == "kept" or (c.status == "rejected" and c.verify["passed"])]
-        results = self.bench(timed)
-        chosen = self.choose(kept)
-        built = self.built + ws.stages.built
-        outcome = RunResult(self.config, ws.run_dir, results, baseline_bench=self.baseline,
-                            reference_accuracy=prepared.reference.accuracy, built=built)
-        result = SearchResult(outcome, candidates, chosen, pool.description, built, time.perf_counter() - started)
-        self.report(result)
-        if chosen is None:
-            raise BudgetNotMetError(self.nothing_met(candidates))
-        return result
 
     # --- building
 
@@ -221,9 +264,9 @@ class Search:
 
     def count(self, last: Candidate | None = None) -> None:
         """Candidates decided so far (built and judged, failed or pruned) of all planned."""
-        done = sum(c.status != "pending" for c in self.candidates)
+        done = sum(c.status != "pending" for c in self.everyone)
         self.emit(Event("progress", "search", "candidates", f"{last.label}: {last.status}" if last else "",
-                        total=len(self.candidates), done=done))
+                        total=len(self.everyone), done=done))
 
     def prune_orphans(self, wave: list[Candidate], parents_ok: dict) -> list[Candidate]:
         for c in wave:
@@ -252,7 +295,8 @@ class Search:
                                                               if result.get("log") else "")
             return
         artifact = Artifact.load(self.ws.run_dir / result["path"])
-        c.path, c.artifact_id, c.size_bytes, c.verify = result["path"], artifact.id, artifact.size_bytes, result["verify"]
+        c.path = os.path.relpath(artifact.root, self.root)
+        c.artifact_id, c.size_bytes, c.verify = artifact.id, artifact.size_bytes, result["verify"]
         aware = artifact.options.get("quantization", {}).get("accuracy_aware") or {}
         c.float_layers = aware.get("float_tensors", [])
         met, why, _ = judge(c.verify, self.search.budget)
@@ -260,16 +304,17 @@ class Search:
 
     # --- measuring and choosing
 
-    def bench(self, timed: list[Candidate]) -> list[ArtifactResult]:
+    def bench(self, timed: list[Candidate], owner: dict[str, Search], first: Search) -> list[ArtifactResult]:
         """Benchmark `timed` on the objective's device and every [[bench.devices]]: other devices
         in parallel, one artifact at a time each; then this machine alone (with PyTorch eager), so
-        no build or other measurement shares its cores while it times."""
-        ws, prepared = self.ws, self.prepared
+        no build or other measurement shares its cores while it times. Each candidate is measured
+        in its recipe's workspace, against that recipe's reference."""
         configured = {e.name: e for e in self.config.bench.devices}
         names = dict.fromkeys([self.search.device, *configured])
         pairs = [(configured.get(n) or BenchDevice(name=n), self.service.profile(n)) for n in names]
-        results = {c.label: ArtifactResult(Artifact.load(ws.run_dir / c.path)) for c in timed}
+        results = {c.label: ArtifactResult(Artifact.load(self.ws.run_dir / c.path)) for c in timed}
         for c in timed:
+            ws, prepared = owner[c.label].ws, owner[c.label].prepared
             results[c.label].verify = verify(ws, results[c.label].artifact, prepared.reference, prepared.data)
 
         def on_device(entry, profile) -> None:
@@ -279,6 +324,7 @@ class Search:
                 r = results[c.label]
                 target = targets.get(r.artifact.target)
                 options = target.runtime_variants(self.config.target_options(r.artifact.target))[0]
+                ws, prepared = owner[c.label].ws, owner[c.label].prepared
                 bench = bench_on(ws, self.service, entry, profile, r.artifact, options, prepared.data,
                                  prepared.reference)
                 r.bench.append(bench)
@@ -294,7 +340,7 @@ class Search:
         for entry, profile in pairs:
             if profile.transport == "local":
                 on_device(entry, profile)
-        self.baseline = (bench_baseline(ws, self.service, prepared.original, prepared.data)
+        self.baseline = (bench_baseline(first.ws, self.service, first.prepared.original, first.prepared.data)
                          if self.config.bench.baseline else [])
         return list(results.values())
 
@@ -324,12 +370,12 @@ class Search:
 
     # --- reporting
 
-    def report(self, result: SearchResult) -> None:
+    def report(self, result: SearchResult, prepared) -> None:
         from edgeport.pipeline.package import package
         from edgeport.pipeline.report import write_reports
 
         result.run.search = result.summary()
-        result.run.model_info = model_info(self.config, self.prepared.model, self.prepared.reference)
+        result.run.model_info = model_info(self.config, prepared.model, prepared.reference)
         result.run.reports = write_reports(result.run)
         if result.chosen is not None and self.config.package.enabled:
             result.run.bundles = package(self.ws.run_dir, ids=[result.chosen.artifact_id])

@@ -94,6 +94,31 @@ def test_tune_reports_every_candidate_packs_the_choice_and_reruns_from_cache(tmp
     assert f"chosen:     {chosen['label']} " in again.output
 
 
+def test_recipes_build_apart_and_are_judged_against_the_original(tmp_path, model_cache):
+    """A recipe's steps follow the run's own, in a run folder of its own; its candidates are compared
+    with the ORIGINAL model (the budget is about it): 90% of the weights zeroed shows as lost agreement."""
+    recipes = ('accuracy_aware = [false]\nmin_top1_agreement = 0.95\nrecipes = ["none", "sparse", "gutted"]\n\n'
+               '[[search.recipe.sparse]]\nmethod = "prune-unstructured"\nratio = 0.2\n\n'
+               '[[search.recipe.gutted]]\nmethod = "prune-unstructured"\nratio = 0.95\n')
+    config = load_config(digits_search(tmp_path, recipes))
+    assert [c.label for c in plan(config, "sparse")] == ["onnxruntime/fp32/sparse", "onnxruntime/int8/sparse-minmax"]
+    result = tune(config)
+    by_label = {c.label: c for c in result.candidates}
+    assert len(by_label) == 6
+    gutted = by_label["onnxruntime/fp32/gutted"]
+    assert gutted.status == "rejected" and gutted.verify["top1_agreement"] < 0.9  # vs the pruned model it would be ~1
+    assert by_label["onnxruntime/fp32/sparse"].status == "kept"
+    run_dir = tmp_path / "runs" / "tune"
+    assert by_label["onnxruntime/int8/sparse-minmax"].path == "recipes/sparse/artifacts/onnxruntime-int8-sparse-minmax"
+    assert (run_dir / "recipes" / "sparse" / "compress" / "1-prune-unstructured" / "model.pt2").is_file()
+    report = json.loads((run_dir / "report.json").read_text())
+    paths = {a["variant"]: a["path"] for a in report["artifacts"]}
+    assert paths["sparse-minmax"] == "recipes/sparse/artifacts/onnxruntime-int8-sparse-minmax"
+    assert all((run_dir / p / "artifact.json").is_file() for p in paths.values())
+    unknown = cli.invoke(app, ["tune", str(digits_search(tmp_path, 'min_cosine = 0.9\nrecipes = ["qta"]\n', name="bad"))])
+    assert unknown.exit_code == 2 and 'unknown recipe \'qta\' (did you mean "qat"?)' in unknown.output
+
+
 def test_accuracy_aware_candidates_are_built_where_plain_int8_misses(tmp_path):
     """The outlier model: plain int8 is far off (cosine < 0.9); the fallback keeps `relu` in float."""
     np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((400, 64)).astype(np.float32))

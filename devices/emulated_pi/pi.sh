@@ -76,8 +76,11 @@ build() {
 mounted() { mountpoint -q "$1"; }
 
 unmount_all() {
-  for m in "$ROOTFS/dev" "$ROOTFS/proc" "$ROOTFS.partial/dev" "$ROOTFS.partial/proc"; do
-    if [ -d "$m" ] && mounted "$m"; then umount -l "$m"; fi
+  # Every mount under the cache, deepest first: debootstrap's second stage mounts /proc and /sys
+  # itself, and a build killed half-way leaves them behind, where `rm -rf` would walk into them.
+  local m
+  awk -v root="$ROOT/" 'index($2, root) == 1 { print $2 }' /proc/mounts | sort -r | while read -r m; do
+    umount -l "$m" || true
   done
 }
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -10,6 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field
 class Step(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: int = 1
+    # A step that only prepares the model for int8 (its float model is a vehicle, not a product):
+    # artifacts are then judged against the original model, not the step's output.
+    int8_preparation: ClassVar[bool] = False
 
 
 class PruneStructured(Step):
