@@ -49,7 +49,12 @@ class RunFolderBusyError(EdgeportError):
 
 
 class BudgetNotMetError(EdgeportError):
-    """`edgeport tune`: no candidate meets the [search] budget (the closest is named)."""
+    """`edgeport tune`: no candidate meets the [search] budget (the closest is named). `result` is
+    the search's result (every candidate judged and timed), for reporting."""
+
+    def __init__(self, message: str, result=None):
+        self.result = result
+        super().__init__(message)
 
 
 class VerificationError(EdgeportError):

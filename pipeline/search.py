@@ -226,7 +226,7 @@ class Search:
         result = SearchResult(outcome, candidates, chosen, pool.description, built, time.perf_counter() - started)
         self.report(result, recipes[0].prepared)
         if chosen is None:
-            raise BudgetNotMetError(self.nothing_met(candidates))
+            raise BudgetNotMetError(self.nothing_met(candidates), result)
         return result
 
     def build_all(self, pool) -> None:
