@@ -178,6 +178,10 @@ def report_md(result, rows: list[dict]) -> str:
                          f"{pair('zip_bytes', 1 / 1024, '.1f')} | {pair('accuracy', 100, '.2f')} | {pair('p50_ms', 1, '.4f')} |")
         notes = [row["notes"]["note"] for row in result.compression if "note" in row["notes"]]
         lines += [f"- {n}" for n in dict.fromkeys(notes)]
+        ranges = [f"{r.label}: {r.artifact.options['quantization']['ranges']}" for r in result.artifacts
+                  if r.artifact is not None and "ranges" in r.artifact.options.get("quantization", {})]
+        if ranges:
+            lines += ["", "int8 ranges of each artifact: " + "; ".join(ranges) + "."]
     facts = (result.baseline_bench[0].device_facts if result.baseline_bench else
              next((b.device_facts for r in result.artifacts for b in r.bench), {}))
     if facts:
