@@ -14,7 +14,7 @@ from edgeport.pipeline.config import PRECISIONS, RunConfig
 from edgeport.pipeline.data import DataSets
 from edgeport.pipeline.stages import code_hash, key_hash
 from edgeport.pipeline.workspace import Workspace
-from edgeport.targets.base import QuantizeRequest, SourceModel, TargetOptions
+from edgeport.targets.base import RECALIBRATED, QuantizeRequest, SourceModel, TargetOptions
 from edgeport.types import Artifact, sha256_file
 
 PRECISION_ORDER = ("fp32", "fp16", "int8-dynamic", "int8", "full-int8", "mixed")
@@ -100,11 +100,24 @@ def build(ws: Workspace, source: SourceModel, data: DataSets, planned: Planned, 
         return store(ws, f"{planned.target}-{precision}", key,
                      lambda d: target.export(source, precision, d, options, data.calibration))
     parent = build(ws, source, data, Planned(planned.target, "fp32", options), scores)
-    request = QuantizeRequest(data.calibration, scores, shared=ws.run_dir / "shared")
+    from edgeport.pipeline.compress.chain import learned_model
+
+    learned, unusable = learned_model(ws, source.onnx_path)
+    request = QuantizeRequest(data.calibration, scores, shared=ws.run_dir / "shared", learned=learned)
     key = {"stage": "quantize", "parent": parent.id, "calibration": data.calibration.digest, "precision": precision,
            "options": options.build_options(), "scores": scores, "versions": ws.versions, "code": code, **extras}
-    return store(ws, planned.slug, key, lambda d: target.quantize(source, parent, request, precision, d, options),
-                 stage="quantize", variant=planned.variant)
+    if learned is not None:
+        key["learned"] = sha256_file(learned)
+
+    def quantize(folder: Path) -> Artifact:
+        artifact = target.quantize(source, parent, request, precision, folder, options)
+        if learned is not None or unusable:  # the model went through QAT: say whose ranges the file holds
+            scheme = artifact.options.setdefault("quantization", {})
+            scheme.setdefault("ranges", RECALIBRATED + (f" (the learned model is not usable: {unusable})"
+                                                        if unusable else " (QAT weights)"))
+        return artifact
+
+    return store(ws, planned.slug, key, quantize, stage="quantize", variant=planned.variant)
 
 
 def store(ws: Workspace, slug: str, key: dict, make, stage: str = "export", variant: str | None = None) -> Artifact:

@@ -183,6 +183,10 @@ def report_md(result, rows: list[dict]) -> str:
             notes.insert(0, "Every artifact (fp32 too) is compared with the original model, not with these steps' "
                             "float output (verify.against; steps that only prepare for int8 imply it).")
         lines += [f"- {n}" for n in dict.fromkeys(notes)]
+        ranges = [f"{r.label}: {r.artifact.options['quantization']['ranges']}" for r in result.artifacts
+                  if r.artifact is not None and "ranges" in r.artifact.options.get("quantization", {})]
+        if ranges:
+            lines += ["", "int8 ranges of each artifact: " + "; ".join(ranges) + "."]
     facts = (result.baseline_bench[0].device_facts if result.baseline_bench else
              next((b.device_facts for r in result.artifacts for b in r.bench), {}))
     if facts:

@@ -45,12 +45,15 @@ class SourceModel:
 @dataclass
 class QuantizeRequest:
     """What integer quantization is given besides the model: the shared calibration set, the
-    outputs an accuracy-aware budget judges top-1 agreement on, and a folder where work every
-    candidate of a search can share is kept (a layer ranking)."""
+    outputs an accuracy-aware budget judges top-1 agreement on, a folder where work every
+    candidate of a search can share is kept (a layer ranking), and learned int8 ranges if any."""
 
     calibration: CalibrationSet
     class_scores: list[str] = field(default_factory=list)
     shared: Path | None = None
+    # A QDQ ONNX model of the same model with int8 ranges and weights learned by quantization-aware
+    # training: a target that can run it builds its int8 from it instead of calibrating.
+    learned: Path | None = None
 
     def shared_result(self, name: str, key: dict, compute):
         """`compute()` once per `key` for every build that asks (JSON, written atomically)."""
@@ -68,6 +71,20 @@ class QuantizeRequest:
         tmp.write_text(json.dumps(result))
         os.replace(tmp, path)
         return result
+
+
+# What an int8 artifact's options["quantization"]["ranges"] says when the model went through QAT.
+LEARNED_RANGES = "learned ranges (QAT)"
+RECALIBRATED = "re-calibrated"
+
+
+def learned_scheme(path: Path, options: TargetOptions) -> dict:
+    """The options record of an int8 artifact that is the learned QDQ model (QAT), as trained."""
+    scheme = {"format": "QDQ", "ranges": LEARNED_RANGES, "from": f"{path.parent.name}/{path.name}",
+              "weights": "int8-symmetric per channel (learned scales)", "activations": "uint8-asymmetric (learned ranges)"}
+    if getattr(options, "accuracy_aware", False):
+        scheme["note"] = "the accuracy budget keeps no layer in float: the learned ranges are used as trained"
+    return scheme
 
 
 class Session(Protocol):

@@ -13,7 +13,7 @@ from pydantic import Field
 from edgeport.errors import ConfigError, ExportError, require
 from edgeport.targets.base import (
     AwareLoop, AwareOptions, QuantizeRequest, SearchAxes, SourceModel, Target, TargetOptions, declared_tensor,
-    keep_sensitive_in_float, median_ms, worst_sqnr_db,
+    keep_sensitive_in_float, learned_scheme, median_ms, worst_sqnr_db,
 )
 from edgeport.types import Artifact, CalibrationSet
 
@@ -72,6 +72,10 @@ class OnnxRuntimeTarget(Target):
         """Static int8; with a budget (min_cosine, ...), accuracy-aware: while the int8 model's
         outputs on the calibration data miss it, the most sensitive layers are kept in float."""
         self.check_precision(precision)
+        if request.learned is not None:  # QAT's ranges and weights, as trained
+            shutil.copyfile(request.learned, out_dir / "model.onnx")
+            return self.new_artifact("int8", "onnx", ["model.onnx"], source,
+                                     options={"quantization": learned_scheme(request.learned, options)})
         calibration = request.calibration
         smooth = self.choose_smoothing(source, float_artifact, calibration, out_dir, options)
         options = options.model_copy(update={"smooth_quant": smooth})

@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 from edgeport.errors import ConfigError, ExportError, require
 from edgeport.targets.base import (
     AwareLoop, AwareOptions, QuantizeRequest, SearchAxes, SourceModel, Target, TargetOptions, declared_tensor,
-    keep_sensitive_in_float, median_ms, worst_sqnr_db,
+    keep_sensitive_in_float, learned_scheme, median_ms, worst_sqnr_db,
 )
 from edgeport.types import Artifact, CalibrationSet, sha256_file
 
@@ -89,6 +89,14 @@ class OpenVinoTarget(Target):
                  out_dir: Path, options: OpenVinoOptions) -> Artifact:
         self.check_precision(precision)
         ov = require("openvino", "openvino")
+        if request.learned is not None:  # QAT's QDQ model: its QuantizeLinear/DequantizeLinear become FakeQuantize
+            try:
+                model = ov.convert_model(str(request.learned))
+            except Exception as e:  # noqa: BLE001 - the converter raises its own OpConversionFailure and friends
+                raise ExportError(f"openvino could not convert the learned QDQ model: {str(e).splitlines()[0]}") from e
+            ov.save_model(model, str(out_dir / "model.xml"), compress_to_fp16=False)
+            return self.new_artifact("int8", "openvino-ir", ["model.xml", "model.bin"], source,
+                                     options={"quantization": learned_scheme(request.learned, options)})
         nncf = require("nncf", "openvino")
         calibration = request.calibration
         model = ov.Core().read_model(str(float_artifact.main_file))

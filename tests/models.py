@@ -363,3 +363,40 @@ source = "npy"
 path = "frames.npz"
 calibration_samples = 128
 """
+
+
+class HardInt8Net(nn.Module):
+    """A depthwise-separable digits CNN."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16), nn.ReLU())
+        self.pw = nn.Sequential(nn.Conv2d(16, 32, 1), nn.BatchNorm2d(32), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(128, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pw(self.dw(self.stem(x))))
+
+
+def hard_int8_net(outlier: float = 300.0, spread: float = 2.0) -> HardInt8Net:
+    """HardInt8Net trained on digits, then made hard for int8 without changing what it computes
+    (the imbalance real depthwise nets have): two stem channels scaled up `outlier` times, undone
+    by the depthwise conv (one per-tensor uint8 scale then crushes the other channels); the
+    depthwise output channels spread over 10^+-`spread`, undone by the pointwise conv (whose
+    weight rows then hold outliers for their per-channel int8 scale)."""
+    from edgeport.examples.digits import trained
+
+    model = trained(HardInt8Net, "hard_int8_net-v1")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        scale = torch.ones(16)
+        scale[:2] = outlier
+        for p in (model.stem[1].weight, model.stem[1].bias):  # ReLU commutes with a positive scale
+            p.mul_(scale)
+        model.dw[0].weight.div_(scale.reshape(-1, 1, 1, 1))
+        spreads = 10 ** torch.empty(16).uniform_(-spread, spread, generator=g)
+        for p in (model.dw[1].weight, model.dw[1].bias):
+            p.mul_(spreads)
+        model.pw[0].weight.div_(spreads.reshape(1, -1, 1, 1))
+    return model.eval()

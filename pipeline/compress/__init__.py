@@ -9,18 +9,20 @@ the order of the run config's [[compress]] list, each step its own cached stage.
 from __future__ import annotations
 
 from edgeport.pipeline.compress.configs import (
-    METHODS, CompressConfig, Distill, LowRank, PruneStructured, PruneUnstructured,
+    METHODS, CompressConfig, Distill, LowRank, PruneStructured, PruneUnstructured, Qat,
 )
 from edgeport.pipeline.compress.context import CompressContext
 from edgeport.pipeline.compress.distill import distill
 from edgeport.pipeline.compress.lowrank import low_rank
 from edgeport.pipeline.compress.pruning import prune_structured, prune_unstructured
+from edgeport.pipeline.compress.qat import qat
 
 HANDLERS = {
     PruneStructured: prune_structured,
     PruneUnstructured: prune_unstructured,
     LowRank: low_rank,
     Distill: distill,
+    Qat: qat,
 }
 
 
@@ -35,4 +37,4 @@ def compress(model, config: CompressConfig, context: CompressContext):
 
 
 __all__ = ["compress", "CompressConfig", "CompressContext", "PruneStructured", "PruneUnstructured", "LowRank",
-           "Distill", "METHODS"]
+           "Distill", "Qat", "METHODS"]

@@ -34,6 +34,41 @@ class Compressed:
     path: Path | None
 
 
+def step_code(step) -> str:
+    """The hash of a step handler's module and of the modules it names in its `code` attribute."""
+    handler = HANDLERS[type(step)]
+    return code_hash(handler.__module__, *getattr(handler, "code", ()))
+
+
+def learned_model(ws: Workspace, source_onnx: Path) -> tuple[Path | None, str | None]:
+    """The QDQ model with learned int8 ranges that the last [[compress]] step wrote (QAT), if any
+    (only the last step's: a later step changes the weights it was trained for), and why it is
+    not used when it cannot stand in for the interchange export `source_onnx` (other input/output
+    names or batch dimensions)."""
+    import onnx
+
+    from edgeport.pipeline.compress.qat import LEARNED
+
+    if not ws.config.compress:
+        return None, None
+    path = ws.run_dir / "compress" / f"{len(ws.config.compress)}-{ws.config.compress[-1].method}" / LEARNED
+    if not path.is_file():
+        return None, None
+
+    def io(file: Path) -> tuple[list[str], list[bool]]:
+        graph = onnx.load(str(file)).graph
+        dynamic = [bool(dims) and not dims[0].HasField("dim_value")
+                   for dims in (v.type.tensor_type.shape.dim for v in graph.input)]
+        return [v.name for v in [*graph.input, *graph.output]], dynamic
+
+    (names, dynamic), (want_names, want_dynamic) = io(path), io(source_onnx)
+    if names != want_names:
+        return None, f"its inputs/outputs {names} are not the model's {want_names}"
+    if dynamic != want_dynamic:
+        return None, "its batch dimension is not the model's (dynamic vs fixed)"
+    return path, None
+
+
 def program_config(ws: Workspace, original: LoadedModel, path: Path) -> ModelConfig:
     """A model config that loads a saved step."""
     return ModelConfig(source=str(path.resolve()), inputs=ws.config.model.inputs,
@@ -90,12 +125,13 @@ def compress_model(ws: Workspace, original: LoadedModel, data: DataSets, bench: 
     for index, step in enumerate(ws.config.compress, 1):
         parent = folder / "module.pt"
         key = {"parent": sha256_file(folder / "model.pt2"), "step": step.model_dump(), "calibration": calibration.digest,
-               "versions": ws.versions, "code": code_hash(HANDLERS[type(step)].__module__)}
+               "versions": ws.versions, "code": step_code(step)}
 
         def build(out: Path, step=step, parent=parent) -> None:
             module = torch.load(str(parent), weights_only=False)
             context = CompressContext(inputs=specs, calibration=calibration, teacher=original.module,
-                                      base_dir=ws.config.base_dir)
+                                      base_dir=ws.config.base_dir, outputs=[s.name for s in original.outputs],
+                                      class_scores=scores, out_dir=out)
             new, notes = compress(module, step, context)
             save(new, out)
             (out / "notes.json").write_text(json.dumps(notes, indent=2, default=str))

@@ -58,5 +58,28 @@ class Distill(Step):
     seed: int = 0
 
 
-CompressConfig = Annotated[Union[PruneStructured, PruneUnstructured, LowRank, Distill], Field(discriminator="method")]
-METHODS = ("prune-structured", "prune-unstructured", "low-rank", "distill")
+class Qat(Step):
+    """Quantization-aware training: the model with simulated int8 (BN folded, per-channel symmetric
+    int8 weights, per-tensor uint8 activations, ranges initialised from calibration, all learned)
+    fine-tuned by distillation from the original model; needs no labels."""
+
+    method: Literal["qat"] = "qat"
+    int8_preparation: ClassVar[bool] = True
+    data: Literal["calibration", "digits", "npy"] = Field(
+        "calibration", description="training data: the run's calibration set, the digits train split, or an .npz")
+    path: str | None = Field(None, description=".npz with input arrays for data = 'npy' (labels are not used)")
+    epochs: int = Field(10, gt=0)
+    steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
+    lr: float = Field(1e-4, gt=0, description="peak learning rate of the weights (Adam, warm-up then cosine)")
+    range_lr: float = Field(1e-3, gt=0, description="peak learning rate of the log-scales of weights and activations")
+    batch_size: int = Field(32, gt=0)
+    temperature: float = Field(1.0, gt=0, description="of the KL loss on class-score outputs")
+    kl_weight: float = Field(1.0, ge=0, description="KL(teacher || student) on class-score outputs, times T^2")
+    mse_weight: float = Field(1.0, ge=0, description="MSE on every output, divided by the teacher output's variance")
+    feature_weight: float = Field(0.0, ge=0, description="MSE of each quantized activation against its float value")
+    validation_fraction: float = Field(0.15, gt=0, lt=1, description="of the training data, for keeping the best step")
+    seed: int = 0
+
+
+CompressConfig = Annotated[Union[PruneStructured, PruneUnstructured, LowRank, Distill, Qat], Field(discriminator="method")]
+METHODS = ("prune-structured", "prune-unstructured", "low-rank", "distill", "qat")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,9 @@ class CompressContext:
     calibration: CalibrationSet  # unlabelled samples, e.g. for Taylor importance
     teacher: torch.nn.Module  # the original model
     base_dir: Path  # where relative paths in the config resolve from
+    outputs: list[str] = field(default_factory=list)  # the model's output names, in order
+    class_scores: list[str] = field(default_factory=list)  # the outputs that hold class scores
+    out_dir: Path | None = None  # the step's folder: a step may write files beside the model there
 
     def example_inputs(self, batch: int = 1) -> tuple[torch.Tensor, ...]:
         return tuple(torch.zeros(s.concrete_shape(batch), dtype=getattr(torch, s.dtype)) for s in self.inputs)

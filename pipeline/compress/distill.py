@@ -9,12 +9,14 @@ import torch
 from torch import nn
 
 from edgeport.errors import ConfigError, DataError
-from edgeport.pipeline.compress.configs import Distill
+from edgeport.pipeline.compress.configs import Distill, Qat
 from edgeport.pipeline.compress.context import CompressContext
 from edgeport.progress import report
 
 
-def training_data(config: Distill, context: CompressContext) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+def training_data(config: Distill | Qat, context: CompressContext) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """The arrays (by input name) and labels (or None) of a step's `data` source."""
+    what = config.method
     if config.data is None:
         raise ConfigError("distill needs a training data source: set data = \"digits\" or data = \"npy\" with path")
     if config.data == "digits":
@@ -23,19 +25,19 @@ def training_data(config: Distill, context: CompressContext) -> tuple[dict[str, 
         x_train, y_train, _, _ = digits_split()
         return {context.inputs[0].name: x_train}, y_train
     if not config.path:
-        raise ConfigError("distill: data = \"npy\" needs path (an .npz with one array per input, optional `labels`)")
+        raise ConfigError(f"{what}: data = \"npy\" needs path (an .npz with one array per input, optional `labels`)")
     path = context.base_dir / config.path
     if not path.is_file():
-        raise DataError(f"distill: training data not found: {path}")
+        raise DataError(f"{what}: training data not found: {path}")
     from edgeport.calibration.sets import read_arrays
 
     arrays = read_arrays(path)
     if not isinstance(arrays, dict):
-        raise DataError(f"distill: {path} holds one array; give an .npz with one array per input (and `labels`)")
+        raise DataError(f"{what}: {path} holds one array; give an .npz with one array per input (and `labels`)")
     labels = arrays.pop("labels", None)
     missing = [s.name for s in context.inputs if s.name not in arrays]
     if missing:
-        raise DataError(f"distill: {path} has no array for input(s) {', '.join(missing)}")
+        raise DataError(f"{what}: {path} has no array for input(s) {', '.join(missing)}")
     return arrays, labels
 
 
