@@ -102,6 +102,8 @@ def test_recipes_build_apart_and_are_judged_against_the_original(tmp_path, model
                '[[search.recipe.gutted]]\nmethod = "prune-unstructured"\nratio = 0.95\n')
     config = load_config(digits_search(tmp_path, recipes))
     assert [c.label for c in plan(config, "sparse")] == ["onnxruntime/fp32/sparse", "onnxruntime/int8/sparse-minmax"]
+    # QAT only prepares the model for int8: its float model is no candidate
+    assert [c.label for c in plan(config, "qat")] == ["onnxruntime/int8/qat-minmax"]
     result = tune(config)
     by_label = {c.label: c for c in result.candidates}
     assert len(by_label) == 6
