@@ -165,7 +165,8 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 # Built-in compression recipes for [search] (each step with its defaults); "none" adds nothing.
 BUILTIN_RECIPES: dict[str, list[dict]] = {
     "none": [],
-    "ptq-plus": [{"method": "equalize"}, {"method": "bias-correction"}, {"method": "adaround"}],
+    # AdaRound before bias correction: the bias then absorbs what rounding left, not the reverse.
+    "ptq-plus": [{"method": "equalize"}, {"method": "adaround"}, {"method": "bias-correction"}],
     "qat": [{"method": "qat"}],
 }
 COMPRESS_STEP = TypeAdapter(CompressConfig)
@@ -193,7 +194,7 @@ class SearchConfig(Strict):
     ray_address: str = Field("local", description='"local" starts Ray here; "auto" or "ray://host:port" joins a cluster')
     recipes: list[str] = Field(["none"], min_length=1, description=(
         "compression recipes to try, each appended to the run's [[compress]] steps: none, ptq-plus (equalize, "
-        "bias correction, adaptive rounding), qat, or a name defined under [search.recipe]"))
+        "adaptive rounding, bias correction), qat, or a name defined under [search.recipe]"))
     recipe: dict[str, list[CompressConfig]] = Field(default_factory=dict, description=(
         "recipes of your own: [[search.recipe.NAME]] tables, each a [[compress]] step"))
 

@@ -83,18 +83,60 @@ def rgb_net() -> RgbNet:
     return RgbNet().eval()
 
 
-def write_photo_crops(folder, n: int = 96, size: int = 16) -> None:
+def write_photo_crops(folder, n: int = 96, size: int = 16, seed: int = 0, name: str = "crops.npy") -> None:
     """Crops of scikit-learn's sample photos (real images), NCHW float in [0, 1]."""
     import numpy as np
     from sklearn.datasets import load_sample_images
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     crops = []
     for image in load_sample_images().images:
         for _ in range(n // 2):
             y, x = rng.integers(0, image.shape[0] - size), rng.integers(0, image.shape[1] - size)
             crops.append(image[y : y + size, x : x + size].transpose(2, 0, 1) / 255.0)
-    np.save(folder / "crops.npy", np.asarray(crops, np.float32))
+    np.save(folder / name, np.asarray(crops, np.float32))
+
+
+class HardInt8Net(nn.Module):
+    """A photo CNN built to be hard for int8, float-equivalent to a tame one: the depthwise conv's
+    channels span a range of 1000 (one uint8 scale for its output crushes the small ones) and the
+    pointwise conv after it compensates, so each of its rows holds outlier weights (one int8 scale
+    per row crushes the rest). BatchNorm after the convs, as trained nets have it."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.stem = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.stem_bn = nn.BatchNorm2d(16)
+        self.depthwise = nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False)
+        self.depthwise_bn = nn.BatchNorm2d(16)
+        self.pointwise = nn.Conv2d(16, 32, 1)
+        self.conv = nn.Conv2d(32, 32, 3, padding=1)
+        self.head = nn.Linear(32, 10)
+        gains = 10 ** torch.linspace(-1.5, 1.5, 16)[torch.randperm(16, generator=g)]
+        with torch.no_grad():
+            for module in (self.stem, self.depthwise, self.pointwise, self.conv, self.head):
+                module.weight.copy_(torch.randn(module.weight.shape, generator=g) / module.weight[0].numel() ** 0.5)
+                if module.bias is not None:
+                    module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=g))
+            for bn in (self.stem_bn, self.depthwise_bn):
+                bn.running_mean.copy_(0.1 * torch.randn(bn.num_features, generator=g))
+                bn.running_var.copy_(0.5 + torch.rand(bn.num_features, generator=g))
+                bn.weight.copy_(0.8 + 0.4 * torch.rand(bn.num_features, generator=g))
+                bn.bias.copy_(0.1 * torch.randn(bn.num_features, generator=g))
+            self.depthwise_bn.weight.mul_(gains)
+            self.depthwise_bn.bias.mul_(gains)
+            self.pointwise.weight.div_(gains.reshape(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem_bn(self.stem(x - 0.5)))
+        x = torch.relu(self.depthwise_bn(self.depthwise(x)))
+        x = torch.relu(self.conv(torch.relu(self.pointwise(x))))
+        return self.head(x.mean((2, 3)))
+
+
+def hard_int8_net() -> HardInt8Net:
+    return HardInt8Net().eval()
 
 
 class ResidualNet(nn.Module):

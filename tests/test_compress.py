@@ -11,7 +11,8 @@ from edgeport import load_config, run
 from edgeport.cli import app
 from edgeport.errors import ConfigError
 from edgeport.pipeline.compress import (
-    METHODS, CompressContext, Distill, LowRank, PruneStructured, PruneUnstructured, Qat, compress,
+    METHODS, AdaRound, BiasCorrection, CompressContext, Distill, Equalize, LowRank, PruneStructured,
+    PruneUnstructured, Qat, compress,
 )
 from edgeport.pipeline.compress.measure import macs, parameters, sizes
 from edgeport.pipeline.interchange import export_onnx
@@ -33,7 +34,8 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("config", [PruneStructured(ratio=0.25), PruneUnstructured(ratio=0.5), LowRank(energy=0.9),
-                                    Distill(data="digits", epochs=1), Qat(steps=2)], ids=lambda c: c.method)
+                                    Distill(data="digits", epochs=1), Equalize(), BiasCorrection(samples=16),
+                                    AdaRound(iterations=5), Qat(steps=2)], ids=lambda c: c.method)
 def test_every_method_round_trips_its_config_and_keeps_the_model_runnable(config):
     assert config.model_validate(config.model_dump()) == config and config.version == 1
     model = residual_net()
@@ -47,7 +49,8 @@ def test_every_method_round_trips_its_config_and_keeps_the_model_runnable(config
 def test_unknown_config_lists_what_exists():
     with pytest.raises(ConfigError, match="known: prune-structured, prune-unstructured, low-rank, distill, qat"):
         compress(residual_net(), object(), None)
-    assert METHODS == ("prune-structured", "prune-unstructured", "low-rank", "distill", "qat")
+    assert METHODS[:4] == ("prune-structured", "prune-unstructured", "low-rank", "distill")
+    assert {"qat", "equalize", "bias-correction", "adaround"} <= set(METHODS)
 
 
 def test_pruning_a_residual_model_keeps_it_consistent_and_exportable(tmp_path):

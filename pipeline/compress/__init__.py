@@ -8,11 +8,15 @@ the order of the run config's [[compress]] list, each step its own cached stage.
 
 from __future__ import annotations
 
+from edgeport.pipeline.compress.adaround import adaround
+from edgeport.pipeline.compress.bias_correction import bias_correction
 from edgeport.pipeline.compress.configs import (
-    METHODS, CompressConfig, Distill, LowRank, PruneStructured, PruneUnstructured, Qat,
+    METHODS, AdaRound, BiasCorrection, CompressConfig, Distill, Equalize, LowRank, PruneStructured, PruneUnstructured,
+    Qat,
 )
 from edgeport.pipeline.compress.context import CompressContext
 from edgeport.pipeline.compress.distill import distill
+from edgeport.pipeline.compress.equalize import equalize
 from edgeport.pipeline.compress.lowrank import low_rank
 from edgeport.pipeline.compress.pruning import prune_structured, prune_unstructured
 from edgeport.pipeline.compress.qat import qat
@@ -23,6 +27,9 @@ HANDLERS = {
     LowRank: low_rank,
     Distill: distill,
     Qat: qat,
+    Equalize: equalize,
+    BiasCorrection: bias_correction,
+    AdaRound: adaround,
 }
 
 
@@ -37,4 +44,4 @@ def compress(model, config: CompressConfig, context: CompressContext):
 
 
 __all__ = ["compress", "CompressConfig", "CompressContext", "PruneStructured", "PruneUnstructured", "LowRank",
-           "Distill", "Qat", "METHODS"]
+           "Distill", "Qat", "METHODS", "Equalize", "BiasCorrection", "AdaRound"]

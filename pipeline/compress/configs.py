@@ -81,5 +81,53 @@ class Qat(Step):
     seed: int = 0
 
 
-CompressConfig = Annotated[Union[PruneStructured, PruneUnstructured, LowRank, Distill, Qat], Field(discriminator="method")]
-METHODS = ("prune-structured", "prune-unstructured", "low-rank", "distill", "qat")
+class Equalize(Step):
+    """Cross-layer equalization (Nagel et al. 2019): rescale the channels between two consecutive convs
+    (depthwise included) so that both weight ranges match; BatchNorm is folded first. Exact in float."""
+
+    method: Literal["equalize"] = "equalize"
+    int8_preparation: ClassVar[bool] = True
+    iterations: int = Field(10, gt=0, description="sweeps over the pairs (a chain of pairs converges over sweeps)")
+    through_relu6: bool = Field(
+        False, description="also pairs joined by ReLU6, scaling only channels the calibration data keeps below "
+        "6/margin (exact on that data, not guaranteed beyond it)")
+    margin: float = Field(1.5, ge=1, description="headroom below the ReLU6 clip, for through_relu6")
+    max_scale: float = Field(100.0, gt=1, description="no channel is scaled by more than this (or its inverse)")
+    ignore: list[str] = Field(default_factory=list, description="conv names to leave alone")
+
+
+class BiasCorrection(Step):
+    """Empirical bias correction: each conv/linear bias absorbs the mean per-channel error that int8
+    (weights on the runtime's grid, per-tensor uint8 inputs) adds to its output on calibration data,
+    layer by layer in execution order, so corrections upstream are seen downstream."""
+
+    method: Literal["bias-correction"] = "bias-correction"
+    int8_preparation: ClassVar[bool] = True
+    samples: int = Field(64, gt=0, description="calibration samples (one batch in memory)")
+    quantize_inputs: bool = Field(True, description="simulate the per-tensor uint8 activation each layer reads")
+    ignore: list[str] = Field(default_factory=list)
+
+
+class AdaRound(Step):
+    """Adaptive rounding (Nagel et al. 2020): per conv/linear, learn whether each weight rounds up or
+    down on the per-channel int8 grid (scale max|w|/127) so the layer's output on calibration data
+    matches float; the weights end exactly on that grid, so every runtime reproduces the rounding."""
+
+    method: Literal["adaround"] = "adaround"
+    int8_preparation: ClassVar[bool] = True
+    samples: int = Field(64, gt=0, description="calibration samples whose layer inputs are kept in memory")
+    iterations: int = Field(500, gt=0, description="optimiser steps per layer")
+    batch: int = Field(16, gt=0, description="samples per step")
+    crop: int = Field(16, ge=0, description="spatial window of each sample per step (0 = whole maps)")
+    lr: float = Field(1e-2, gt=0)
+    regularization: float = Field(0.01, ge=0, description="weight of the term pushing each rounding to 0 or 1")
+    warmup: float = Field(0.2, ge=0, lt=1, description="share of iterations without that term")
+    quantize_inputs: bool = Field(True, description="learn on the per-tensor uint8 input the runtime feeds")
+    seed: int = 0
+    ignore: list[str] = Field(default_factory=list)
+
+
+CompressConfig = Annotated[Union[PruneStructured, PruneUnstructured, LowRank, Distill, Qat, Equalize, BiasCorrection,
+                                 AdaRound], Field(discriminator="method")]
+METHODS = ("prune-structured", "prune-unstructured", "low-rank", "distill", "qat", "equalize", "bias-correction",
+           "adaround")
