@@ -407,7 +407,7 @@ calibration_samples = 128
 """
 
 
-class HardInt8Net(nn.Module):
+class HardDigitsNet(nn.Module):
     """A depthwise-separable digits CNN."""
 
     def __init__(self):
@@ -421,15 +421,15 @@ class HardInt8Net(nn.Module):
         return self.head(self.pw(self.dw(self.stem(x))))
 
 
-def hard_int8_net(outlier: float = 300.0, spread: float = 2.0) -> HardInt8Net:
-    """HardInt8Net trained on digits, then made hard for int8 without changing what it computes
+def hard_digits_net(outlier: float = 300.0, spread: float = 2.0) -> HardDigitsNet:
+    """HardDigitsNet trained on digits, then made hard for int8 without changing what it computes
     (the imbalance real depthwise nets have): two stem channels scaled up `outlier` times, undone
     by the depthwise conv (one per-tensor uint8 scale then crushes the other channels); the
     depthwise output channels spread over 10^+-`spread`, undone by the pointwise conv (whose
     weight rows then hold outliers for their per-channel int8 scale)."""
     from edgeport.examples.digits import trained
 
-    model = trained(HardInt8Net, "hard_int8_net-v1")
+    model = trained(HardDigitsNet, "hard_digits_net-v1")
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         scale = torch.ones(16)

@@ -15,11 +15,11 @@ from edgeport.targets.base import LEARNED_RANGES
 from edgeport.types import CalibrationSet, TensorSpec
 from tests.conftest import write_config
 from edgeport.calibration.digits import digits_split
-from tests.models import hard_int8_net
+from tests.models import hard_digits_net
 
 HARD_MODEL = """
 [model]
-source = "tests.models:hard_int8_net"
+source = "tests.models:hard_digits_net"
 inputs = [{ name = "image", shape = ["batch", 1, 8, 8], dtype = "float32", layout = "NCHW" }]
 output_names = ["logits"]
 """
@@ -47,7 +47,7 @@ def agreement(artifact, x: np.ndarray, reference: np.ndarray) -> float:
 @pytest.mark.slow
 def test_qat_int8_beats_plain_ptq_on_held_out_data(tmp_path):
     x = digits_split()[2]  # the held-out split; QAT trains on calibration samples of the train split
-    model = hard_int8_net()  # trained on first use
+    model = hard_digits_net()  # trained on first use
     with torch.no_grad():
         reference = model(torch.from_numpy(x)).numpy()
     results = {}
