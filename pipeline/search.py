@@ -233,6 +233,9 @@ class Search:
         """Waves 1-3 of this recipe's candidates (see the module's docstring)."""
         ws, candidates = self.ws, self.candidates
         self.prepared = prepared = prepare(ws, self.service)
+        if self.search.min_top1_agreement is not None and not prepared.reference.class_scores:
+            raise ConfigError("[search] min_top1_agreement needs an output of class scores, and none is taken as one "
+                              "(no labels fit it): set model.class_scores, or budget min_cosine instead")
         self.count()
         for c in candidates:  # wave 1: float exports here (they are the integer candidates' parents)
             if c.precision in targets.get(c.target).float_precisions:

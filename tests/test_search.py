@@ -136,6 +136,16 @@ def test_accuracy_aware_candidates_are_built_where_plain_int8_misses(tmp_path):
     assert aware.status == "chosen" and aware.float_layers[0] == "relu" and aware.verify["cosine"] >= 0.999
 
 
+def test_an_agreement_budget_without_class_scores_stops_before_building(tmp_path):
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((200, 64)).astype(np.float32))
+    config = write_config(tmp_path, model=OUTLIER_MODEL, data=GAUSSIAN, bench=BENCH,
+                          targets='[targets.onnxruntime]\nprecisions = ["int8"]\n',
+                          body='[search]\nworkers = 1\nmin_top1_agreement = 0.99\n')
+    result = cli.invoke(app, ["tune", str(config)])
+    assert result.exit_code == 2 and "min_top1_agreement needs an output of class scores" in result.output
+    assert not (tmp_path / "runs" / "tune" / "artifacts").exists()
+
+
 def test_a_budget_nothing_meets_names_the_closest(tmp_path, model_cache):
     config = digits_search(tmp_path, 'precisions = ["int8"]\naccuracy_aware = [false]\nmin_cosine = 0.9999999\n')
     result = cli.invoke(app, ["tune", str(config)])
