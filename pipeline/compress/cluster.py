@@ -17,6 +17,7 @@ with a straight-through gradient), so what was trained is exactly what is export
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -30,21 +31,18 @@ LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 INT8_MAX = 127.0
 
 
-def kmeans_1d(values: torch.Tensor, k: int, weights: torch.Tensor | None = None, fixed: torch.Tensor | None = None,
+def kmeans_1d(values: torch.Tensor, k: int, fixed: torch.Tensor | None = None,
               iterations: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weighted 1-D k-means on each row of `values` [groups, n], deterministic: centroids start at
-    k evenly spaced quantiles (values of the row, the extremes included; all of them when n <= k),
+    """1-D k-means (Lloyd) on each row of `values` [groups, n], deterministic: centroids start at k
+    evenly spaced quantiles (values of the row, the extremes included; all of them when n <= k),
     then Lloyd steps until no assignment changes. In 1-D a cluster is a run of the sorted values,
     so a step costs O(k log n): boundaries by binary search, sums from prefix sums. `fixed`
     [groups, k] marks centroids that stay where they start. Returns (centroids [groups, k], sorted,
     and each value's centroid index [groups, n])."""
     values = values.double()
-    weights = torch.ones_like(values) if weights is None else weights.double().expand_as(values)
-    ordered, order = values.sort(dim=1)
-    mass = weights.gather(1, order)
+    ordered = values.sort(dim=1).values
     zero = torch.zeros(len(values), 1, dtype=values.dtype)
-    prefix_mass = torch.cat([zero, mass.cumsum(1)], 1)
-    prefix_sum = torch.cat([zero, (ordered * mass).cumsum(1)], 1)
+    prefix = torch.cat([zero, ordered.cumsum(1)], 1)
     at = (torch.linspace(0, 1, k, dtype=torch.float64) * (values.shape[1] - 1)).round().long()
     centroids = ordered[:, at].contiguous()
     fixed = torch.zeros_like(centroids, dtype=torch.bool) if fixed is None else fixed
@@ -55,11 +53,50 @@ def kmeans_1d(values: torch.Tensor, k: int, weights: torch.Tensor | None = None,
         bounds = torch.cat([torch.zeros_like(ends), bounds, ends], 1)  # cluster j: ordered[bounds[j]:bounds[j+1]]
         if previous is not None and torch.equal(bounds, previous):
             break
-        weight = prefix_mass.gather(1, bounds[:, 1:]) - prefix_mass.gather(1, bounds[:, :-1])
-        total = prefix_sum.gather(1, bounds[:, 1:]) - prefix_sum.gather(1, bounds[:, :-1])
-        centroids = torch.where(fixed | (weight <= 0), centroids, total / weight.clamp_min(1e-300))
+        count = (bounds[:, 1:] - bounds[:, :-1]).double()
+        total = prefix.gather(1, bounds[:, 1:]) - prefix.gather(1, bounds[:, :-1])
+        centroids = torch.where(fixed | (count == 0), centroids, total / count.clamp_min(1))
         previous = bounds
     return centroids, nearest(centroids, values)
+
+
+def optimal_1d(values: torch.Tensor, k: int, step: float, low: float | None = None,
+               high: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Optimal 1-D k-means of `values` (1-D) grouped in bins of width `step`: the best split of the
+    sorted bins into <= k runs (least squares about each run's mean), by dynamic programming
+    (as Ckmeans.1d.dp), O(k m^2) for m occupied bins. `low` / `high`: the centroid of the run holding
+    the lowest / highest bin is held there. Returns (centroids [<= k], sorted; each value's index)."""
+    values = values.double()
+    bins, inverse = torch.unique(torch.round(values / step), return_inverse=True)
+    m = len(bins)
+    zero = torch.zeros(1, dtype=values.dtype)
+    count, total, square = (torch.cat([zero, torch.zeros(m, dtype=values.dtype).index_add_(0, inverse, x).cumsum(0)])
+                            for x in (torch.ones_like(values), values, values**2))
+    i, j = torch.arange(m)[:, None], torch.arange(m)[None, :]  # the run of bins i..j
+    n, s1, s2 = count[j + 1] - count[i], total[j + 1] - total[i], square[j + 1] - square[i]
+    mean = s1 / n.clamp_min(1)
+    if low is not None:
+        mean[0, :] = low
+    if high is not None:
+        mean[:, m - 1] = high
+    # [j, i], numpy: hundreds of small steps, where torch's thread pool costs more than the work
+    cost = torch.where(j >= i, (s2 - 2 * mean * s1 + mean**2 * n).clamp_min(0), torch.inf).T.numpy()
+    best, starts, rows = cost[:, 0], [], np.arange(m)
+    for _ in range(1, min(k, m)):  # best[j]: bins 0..j in one more run than before, its last run starting at start[j]
+        candidates = best[None, :-1] + cost[:, 1:]
+        start = candidates.argmin(1)
+        best = candidates[rows, start]
+        starts.append(start + 1)
+    first, end = [], m - 1
+    for start in reversed(starts):
+        first.append(int(start[end]))
+        end = first[-1] - 1
+    run = torch.zeros(m, dtype=torch.long)
+    run[first] = 1
+    run = run.cumsum(0)  # run of each bin
+    bounds = torch.tensor([0, *sorted(first), m])
+    centroids = mean[bounds[:-1], bounds[1:] - 1]
+    return centroids, run[inverse]
 
 
 def nearest(centroids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -92,28 +129,33 @@ class Tied(nn.Module):
 
 
 def cluster_weight(weight: torch.Tensor, config: Cluster) -> tuple[Tied, torch.Tensor]:
-    """(tie, table) for one layer's weight: tie(table) is the clustered weight."""
+    """(tie, table) for one layer's weight: tie(table) is the clustered weight. A layer's int8 codes
+    are clustered optimally (optimal_1d over the 255 codes); float values and channels by Lloyd."""
     rows = weight.detach().double().reshape(weight.shape[0], -1)
-    layer = config.granularity == "layer"
     scale = torch.ones(rows.shape[0], 1, dtype=rows.dtype)
-    if config.int8_grid:
+    if config.int8_grid:  # in int8 steps: the values lie in [-127, 127], each channel's peak at +-127
         peak = rows.abs().amax(1, keepdim=True)
         scale = torch.where(peak > 0, peak / INT8_MAX, scale)
         rows = rows / scale
-    values = rows.reshape(1, -1) if layer else rows
-    weights = (scale**2).expand_as(rows).reshape(1, -1) if layer else None  # error in weight units
-    fixed = None
-    if config.int8_grid:  # +-127 (each channel's own peak) stays: the channel keeps its int8 scale
-        fixed = torch.zeros(values.shape[0], config.clusters, dtype=torch.bool)
-        fixed[:, 0] = values.amin(1) <= -INT8_MAX + 0.5
-        fixed[:, -1] = values.amax(1) >= INT8_MAX - 0.5
-    table, index = kmeans_1d(values, config.clusters, weights, fixed)
+    low = rows.amin(1) <= -INT8_MAX + 0.5  # with int8_grid, -127 / +127 stay: each channel keeps its scale
+    high = rows.amax(1) >= INT8_MAX - 0.5
+    if config.granularity == "layer" and config.int8_grid:  # the layer's codes: optimal over their <= 255 values
+        pins = (-INT8_MAX if low.any() else None, INT8_MAX if high.any() else None)
+        table, index = optimal_1d(rows.reshape(-1), config.clusters, 1.0, *pins)
+        table, fixed = table[None], torch.zeros(1, len(table), dtype=torch.bool)
+        fixed[0, 0], fixed[0, -1] = pins[0] is not None, pins[1] is not None
+    else:
+        groups = rows.reshape(1, -1) if config.granularity == "layer" else rows
+        fixed = torch.zeros(len(groups), config.clusters, dtype=torch.bool)
+        if config.int8_grid:
+            fixed[:, 0], fixed[:, -1] = low, high
+        table, index = kmeans_1d(groups, config.clusters, fixed)
     pinned = None
     if config.int8_grid:
         table = table.round().clamp(-INT8_MAX, INT8_MAX)
-        index = nearest(table, values)
+        index = nearest(table, rows.reshape(len(table), -1))
         pinned = torch.where(fixed, table, torch.zeros_like(table)).float()
-    unit = scale.mean().reshape(1, 1) if layer else scale
+    unit = scale.mean().reshape(1, 1) if config.granularity == "layer" else scale
     tie = Tied(index.reshape(rows.shape), scale.float(), unit.float(), weight.shape, pinned)
     return tie, (table * unit).float()
 
@@ -125,8 +167,12 @@ def fold_batchnorms(model: nn.Module) -> list[str] | str:
     Returns the folded BatchNorms' names, or why none could be (the model does not trace with torch.fx)."""
     from collections import Counter
 
+    class Tracer(torch.fx.Tracer):  # a Conv subclass (e.g. static "same" padding) is one call, as Conv is
+        def is_leaf_module(self, module: nn.Module, name: str) -> bool:
+            return isinstance(module, LAYERS) or super().is_leaf_module(module, name)
+
     try:
-        graph = torch.fx.symbolic_trace(model).graph
+        graph = Tracer().trace(model)
     except Exception as e:  # noqa: BLE001 - fx raises many kinds; folding is an optimisation, skipped
         return f"batch norms not folded: torch.fx cannot trace the model ({type(e).__name__})"
     modules = dict(model.named_modules())

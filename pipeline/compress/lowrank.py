@@ -14,6 +14,7 @@ scale by r (in*k*k + out) / (out * in*k*k). A layer is only replaced when that i
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -27,7 +28,9 @@ RIDGE = 1e-4  # of the mean input energy, added to X^T X: inputs calibration nev
 
 
 def candidates(model: nn.Module, config: LowRank) -> dict[str, tuple[nn.Module, str, nn.Module]]:
-    """{name: (parent, attribute, layer)} for the layers this config may factorise."""
+    """{name: (parent, attribute, layer)} for the layers this config may factorise: Linear and Conv2d
+    (groups = 1, numeric padding). A subclass with its own forward (e.g. a static "same" padding)
+    qualifies only as a 1x1 stride-1 conv, where what its forward receives is what the kernel sees."""
     ignored = set(map(id, modules_named(model, config.ignore, "low-rank ignore")))
     found = {}
     for parent_name, parent in model.named_modules():
@@ -35,8 +38,9 @@ def candidates(model: nn.Module, config: LowRank) -> dict[str, tuple[nn.Module, 
             name = f"{parent_name}.{child_name}" if parent_name else child_name
             if id(child) in ignored:
                 continue
+            pointwise = isinstance(child, nn.Conv2d) and child.kernel_size == (1, 1) and tuple(child.stride) == (1, 1)
             conv = (isinstance(child, nn.Conv2d) and child.groups == 1 and not isinstance(child.padding, str)
-                    and (config.convolutions == "all" or child.kernel_size == (1, 1)))
+                    and (type(child) is nn.Conv2d or pointwise) and (config.convolutions == "all" or pointwise))
             if isinstance(child, nn.Linear) or conv:
                 found[name] = (parent, child_name, child)
     return found
@@ -79,15 +83,19 @@ def factors(weight: torch.Tensor, rank: int, white: torch.Tensor | None):
 
 
 def two_layers(layer: nn.Module, first: torch.Tensor, second: torch.Tensor) -> nn.Sequential:
+    """The layer itself with `rank` outputs and no bias (a copy: its own forward, stride, padding),
+    then a Linear / 1x1 conv from `rank` to the layer's outputs with the layer's bias."""
     rank, bias = first.shape[0], layer.bias is not None
+    a = copy.deepcopy(layer)
+    a.weight = nn.Parameter(first.float().reshape(rank, *layer.weight.shape[1:]))
+    a.bias = None
     if isinstance(layer, nn.Linear):
-        a, b = nn.Linear(layer.in_features, rank, bias=False), nn.Linear(rank, layer.out_features, bias=bias)
-        a.weight.data, b.weight.data = first.float(), second.float()
+        a.out_features = rank
+        b = nn.Linear(rank, layer.out_features, bias=bias)
+        b.weight.data = second.float()
     else:
-        a = nn.Conv2d(layer.in_channels, rank, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
-                      bias=False, padding_mode=layer.padding_mode)
+        a.out_channels = rank
         b = nn.Conv2d(rank, layer.out_channels, 1, bias=bias)
-        a.weight.data = first.float().reshape(rank, *layer.weight.shape[1:])
         b.weight.data = second.float()[:, :, None, None]
     if bias:
         b.bias.data = layer.bias.detach().clone()
