@@ -38,22 +38,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = every core)")
+    parser.add_argument("--runs-dir", type=Path, default=REPO / "runs", help="where the data sets are cached")
     args = parser.parse_args()
 
-    from edgeport.calibration.sets import build_sets
     from edgeport.examples.efficientnet import efficientnet_lite0
     from edgeport.pipeline.compress import Cluster, CompressContext, LowRank, compress
     from edgeport.pipeline.compress.measure import macs, parameters
     from edgeport.pipeline.config import load_config
+    from edgeport.pipeline.data import load_data
+    from edgeport.pipeline.workspace import Workspace
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = load_config(args.config)
-    data, specs = config.data, config.model.inputs
-    preprocessing = (data.preprocessing or config.model.preprocessing).model_dump()
-    calibration, evaluation = build_sets(
-        data.source, specs, data.calibration_samples, data.eval_samples, data.seed, config.resolve_path(data.path),
-        preprocessing=preprocessing, eval_path=config.resolve_path(data.eval_path))
+    config = load_config(args.config, {"runs_dir": str(args.runs_dir)})
+    sets = load_data(Workspace.open(config))  # the run's own calibration / evaluation sets, cached there
+    calibration, evaluation, specs = sets.calibration, sets.evaluation, config.model.inputs
     held_out = torch.from_numpy(evaluation.inputs[specs[0].name])
     original = efficientnet_lite0()
     with torch.no_grad():
@@ -103,7 +102,7 @@ def main() -> None:
             print(f"\n{row['name']}: {len(row['notes']['factorised'])} layers factorised, "
                   f"{len(row['notes']['kept_whole'])} kept whole (no saving)")
         if "weights_zip_bytes" in row["notes"]:
-            print(f"\n{row['name']}: {row['notes']['manifest']}; folded {len(row['notes']['folded_batchnorms'])} batch norms")
+            print(f"\n{row['name']}: {row['notes']['note']}; folded {len(row['notes']['folded_batchnorms'])} batch norms")
 
 
 def svd_with_ranks(ranks: dict[str, int], context) -> torch.nn.Module:

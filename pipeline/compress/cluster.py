@@ -236,6 +236,6 @@ def cluster(model: nn.Module, config: Cluster, context: CompressContext):
     shared = "int8 codes per layer, scaled per channel" if config.int8_grid and config.granularity == "layer" else \
         f"values per {config.granularity}" + (" on the int8 grid" if config.int8_grid else "")
     notes.update(layers=report, weights_zip_bytes=[zip_before, zip_after],
-                 manifest=f"weights clustered: at most {config.clusters} {shared}; "
-                          f"the weights deflate {zip_before / zip_after:.1f}x smaller")
+                 note=f"weights clustered: at most {config.clusters} {shared}; every exported file holds only "
+                      f"those values, so it deflates smaller (the weights {zip_before / zip_after:.1f}x)")
     return model.eval(), notes

@@ -30,14 +30,15 @@ def sizes(model: torch.nn.Module) -> tuple[int, int]:
     return len(raw), deflated(raw)
 
 
-def deflated(data: bytes) -> int:
-    """Bytes of `data` in a zip archive (deflate, level 9): what a download or an app store ships."""
+def deflated(*members: bytes) -> int:
+    """Bytes of `members` in one zip archive (deflate, level 9): what a download or an app store ships."""
     packed = io.BytesIO()
     with zipfile.ZipFile(packed, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as z:
-        z.writestr("file", data)
+        for i, data in enumerate(members):
+            z.writestr(str(i), data)
     return len(packed.getvalue())
 
 
-def zip_bytes(path: Path) -> int:
-    """Zip-deflated size of a model file (clustered or sparse weights shrink it; raw size does not show it)."""
-    return deflated(Path(path).read_bytes())
+def zip_bytes(*paths: Path) -> int:
+    """Zip-deflated size of a model's files (clustered or sparse weights shrink it; raw size does not show it)."""
+    return deflated(*(Path(p).read_bytes() for p in paths))
