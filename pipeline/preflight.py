@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from edgeport.errors import ConfigError, DataError
-from edgeport.pipeline.compress.configs import Distill, Qat
+from edgeport.pipeline.compress.configs import Qat, Training
 from edgeport.pipeline.config import RunConfig
 from edgeport.pipeline.model_loading import source_file
 
@@ -24,8 +24,9 @@ def preflight(config: RunConfig) -> None:
             raise ConfigError(f"model.{key} file not found: {config.resolve_path(value)}")
     check_data(config)
     for i, step in enumerate(config.compress):
-        if isinstance(step, Distill | Qat) and step.data == "npy" and step.path and not (config.base_dir / step.path).is_file():
-            raise DataError(f"compress[{i}] ({step.method}): training data not found: {config.base_dir / step.path}")
+        training = step if isinstance(step, Training | Qat) else getattr(step, "fine_tune", None)
+        if training and training.data == "npy" and training.path and not (config.base_dir / training.path).is_file():
+            raise DataError(f"compress[{i}] ({step.method}): training data not found: {config.base_dir / training.path}")
     devices = [entry.name for entry in config.bench.devices] + ([config.search.device] if config.search else [])
     if config.devices.dir or devices:
         from edgeport.devices.profiles import get_profile

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -20,6 +21,19 @@ def bench_dict(b) -> dict:
     return b.model_dump()
 
 
+def zipped_bytes(artifact) -> int:
+    """The artifact's model files deflated into one zip: what shared (clustered) or zeroed weights
+    save, which the raw size does not show."""
+    return zip_files(tuple((artifact.root / f.path, f.sha256) for f in artifact.files))
+
+
+@functools.cache  # by content: table rows and report.json ask for the same artifacts
+def zip_files(files: tuple[tuple[Path, str], ...]) -> int:
+    from edgeport.pipeline.compress.measure import zip_bytes
+
+    return zip_bytes(*(path for path, _ in files))
+
+
 def table_rows(result) -> list[dict]:
     """One row per (artifact, benchmark variant), baseline first: what the CLI table and results.csv show."""
     base_p50 = result.baseline_bench[0].p50_ms if result.baseline_bench else None
@@ -29,6 +43,7 @@ def table_rows(result) -> list[dict]:
             break
         rows.append({
             "target": "pytorch", "precision": "fp32", "variant": "eager", "size_kb": (b.model_size_bytes / 1024) if b else None,
+            "zip_kb": None,
             "accuracy_pct": result.reference_accuracy * 100 if result.reference_accuracy is not None else None,
             "cosine": 1.0, "worst_output": None, "top1_agreement": 1.0, "verified": "reference",
             "p50_ms": b.p50_ms if b else None, "p90_ms": b.p90_ms if b else None,
@@ -44,6 +59,7 @@ def table_rows(result) -> list[dict]:
                 "variant": " ".join(filter(None, [r.variant,
                                                   f"hint={b.options.get('hint')}" if b and "hint" in b.options else ""])),
                 "size_kb": r.artifact.size_bytes / 1024 if r.artifact else None,
+                "zip_kb": zipped_bytes(r.artifact) / 1024 if r.artifact else None,
                 "accuracy_pct": v.accuracy * 100 if v and v.accuracy is not None else None,
                 "cosine": v.cosine if v else None,
                 "worst_output": v.summary()["worst_output"] if v else None,
@@ -70,6 +86,7 @@ def artifact_json(r, result_dir: Path) -> dict:
         "id": r.artifact.id, "target": r.artifact.target, "precision": r.artifact.precision,
         "variant": r.artifact.variant,
         "converter": r.artifact.converter, "format": r.artifact.format, "size_bytes": r.artifact.size_bytes,
+        "zip_bytes": zipped_bytes(r.artifact),
         "path": os.path.relpath(r.artifact.root, result_dir),  # relative to the run folder (a recipe's are below it)
         "files": [{"path": f"{r.artifact.root.name}/{f.path}", "sha256": f.sha256, "size_bytes": f.size_bytes}
                   for f in r.artifact.files],
@@ -146,13 +163,13 @@ def report_md(result, rows: list[dict]) -> str:
              f"latency on device(s) {', '.join(f'`{d}`' for d in dict.fromkeys(r['device'] for r in rows)) or '`local`'}, "
              f"batch 1. Accuracy and cosine are the host's verification; \"on device\" columns rerun held-out "
              "samples on that device. " + metrics_note(result), "",
-             "| target | precision | variant | device | size (KB) | accuracy (%) | cosine | top-1 agree | verified | "
-             "p50 (ms) | p90 (ms) | speedup | on device: accuracy (%) | on device: cosine |",
-             "|---|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+             "| target | precision | variant | device | size (KB) | zip (KB) | accuracy (%) | cosine | top-1 agree | "
+             "verified | p50 (ms) | p90 (ms) | speedup | on device: accuracy (%) | on device: cosine |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
     for row in rows:
         lines.append(
             f"| {row['target']} | {row['precision']} | {row['variant']} | {row['device']} | {fmt(row['size_kb'], '.1f')} | "
-            f"{fmt(row['accuracy_pct'], '.2f')} | {fmt(row['cosine'], '.6f')}{worst(row, result)} | "
+            f"{fmt(row['zip_kb'], '.1f')} | {fmt(row['accuracy_pct'], '.2f')} | {fmt(row['cosine'], '.6f')}{worst(row, result)} | "
             f"{fmt(row['top1_agreement'], '.4f')} | "
             f"{row['verified']} | {fmt(row['p50_ms'], '.4f')} | {fmt(row['p90_ms'], '.4f')} | "
             f"{fmt(row['speedup'], '.2f', '')}{'x' if row['speedup'] else ''} | {fmt(row['device_accuracy_pct'], '.2f')} | "

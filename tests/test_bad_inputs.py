@@ -177,6 +177,8 @@ for _id, _message, _kw in [
     ("compress_unknown_method", "does not match any of the expected tags", {"body": '[[compress]]\nmethod = "prune"\n'}),
     ("compress_data_missing", "training data not found",
      {"body": '[[compress]]\nmethod = "distill"\ndata = "npy"\npath = "train.npz"\n'}),
+    ("compress_fine_tune_data_missing", "compress[0] (cluster): training data not found",
+     {"body": '[[compress]]\nmethod = "cluster"\nfine_tune = { data = "npy", path = "train.npz" }\n'}),
 ]:
     CASES.append(pytest.param(dry_run(**_kw), _message, id=_id if _id.startswith("config") else f"config_{_id}"))
 

@@ -12,7 +12,7 @@ from edgeport.cli import app
 from edgeport.errors import ConfigError
 from edgeport.pipeline.compress import (
     METHODS, AdaRound, BiasCorrection, CompressContext, Distill, Equalize, LowRank, PruneStructured,
-    PruneUnstructured, Qat, compress,
+    PruneUnstructured, Qat, compress, Cluster, Training,
 )
 from edgeport.pipeline.compress.measure import macs, parameters, sizes
 from edgeport.pipeline.interchange import export_onnx
@@ -33,11 +33,13 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
 
 
-@pytest.mark.parametrize("config", [PruneStructured(ratio=0.25), PruneUnstructured(ratio=0.5), LowRank(energy=0.9),
-                                    Distill(data="digits", epochs=1), Equalize(), BiasCorrection(samples=16),
-                                    AdaRound(iterations=5), Qat(steps=2)], ids=lambda c: c.method)
+@pytest.mark.parametrize("config", [
+    PruneStructured(ratio=0.25), PruneUnstructured(ratio=0.5), LowRank(), LowRank(algorithm="svd", energy=0.9),
+    Distill(data="digits", epochs=1), Equalize(), BiasCorrection(samples=16), AdaRound(iterations=5), Qat(steps=2),
+    Cluster(clusters=4, fine_tune=Training(data="digits", epochs=1)),
+], ids=lambda c: f"{c.method}-{getattr(c, 'algorithm', '')}".rstrip("-"))
 def test_every_method_round_trips_its_config_and_keeps_the_model_runnable(config):
-    assert config.model_validate(config.model_dump()) == config and config.version == 1
+    assert config.model_validate(config.model_dump()) == config and config.version == type(config)().version
     model = residual_net()
     teacher = residual_net()
     samples = np.random.default_rng(0).random((32, 1, 8, 8), dtype=np.float32)
@@ -50,7 +52,13 @@ def test_unknown_config_lists_what_exists():
     with pytest.raises(ConfigError, match="known: prune-structured, prune-unstructured, low-rank, distill, qat"):
         compress(residual_net(), object(), None)
     assert METHODS[:4] == ("prune-structured", "prune-unstructured", "low-rank", "distill")
-    assert {"qat", "equalize", "bias-correction", "adaround"} <= set(METHODS)
+    assert {"qat", "equalize", "bias-correction", "adaround", "cluster"} <= set(METHODS)
+
+
+def test_a_version_1_low_rank_config_keeps_its_meaning():
+    """Version 2 made the activation-aware SVD the default; version 1 meant plain SVD of Linear and 1x1 Conv."""
+    assert LowRank(version=1).model_dump() == LowRank(algorithm="svd", convolutions="1x1", version=1).model_dump()
+    assert LowRank(version=1).rank_rule() == ("energy", 0.9) and LowRank().rank_rule() == ("max_layer_error", 0.1)
 
 
 def test_pruning_a_residual_model_keeps_it_consistent_and_exportable(tmp_path):
@@ -80,7 +88,7 @@ def test_unstructured_pruning_shrinks_only_the_zip_size():
     assert "no speed" in notes["note"] or "dense runtimes" in notes["note"]
 
 
-def test_low_rank_on_a_wide_mlp(tmp_path):
+def test_plain_svd_low_rank_on_a_wide_mlp(tmp_path):
     """90% of each layer's singular-value energy keeps the outputs (cosine >= 0.99) when the
     layers' strong directions are the ones their inputs use, as in trained models."""
     energy, min_cosine = 0.9, 0.99
@@ -89,7 +97,7 @@ def test_low_rank_on_a_wide_mlp(tmp_path):
     x = wide_mlp_inputs(512)
     with torch.no_grad():
         ref = original(x)
-    factorised, notes = compress(wide_mlp(), LowRank(energy=energy), context(specs, original, x.numpy()))
+    factorised, notes = compress(wide_mlp(), LowRank(algorithm="svd", energy=energy), context(specs, original, x.numpy()))
     assert len(notes["factorised"]) >= 2
     assert parameters(factorised) < 0.3 * parameters(original)
     with torch.no_grad():
@@ -138,6 +146,11 @@ def run_cli(tmp_path, body: str):
     ('[[compress]]\nmethod = "distill"\n', "distill needs a training data source"),
     ('[[compress]]\nmethod = "prune-strctured"\n', "prune-structured"),
     ('[[compress]]\nmethod = "prune-structured"\nignore = ["classifer.3"]\n', 'did you mean "classifier.3"'),
+    ('[[compress]]\nmethod = "cluster"\nclusters = 1\n', "compress.0.cluster.clusters: Input should be greater than or equal to 2"),
+    ('[[compress]]\nmethod = "cluster"\nfine_tune = { epochs = 2 }\n', "cluster fine_tune needs a training data source"),
+    ('[[compress]]\nmethod = "cluster"\nignore = ["classifer.3"]\n', 'did you mean "classifier.3"'),
+    ('[[compress]]\nmethod = "low-rank"\nenergy = 0.9\nrank_ratio = 0.5\n', "set one of max_layer_error, energy, rank_ratio"),
+    ('[[compress]]\nmethod = "low-rank"\nalgorithm = "svd"\nmax_layer_error = 0.1\n', "max_layer_error needs algorithm"),
 ])
 def test_bad_compression_configs_are_one_line(tmp_path, body, message):
     out = run_cli(tmp_path, body)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from edgeport.pipeline.compress.adaround import adaround
 from edgeport.pipeline.compress.bias_correction import bias_correction
+from edgeport.pipeline.compress.cluster import cluster
 from edgeport.pipeline.compress.configs import (
     METHODS, AdaRound, BiasCorrection, CompressConfig, Distill, Equalize, LowRank, PruneStructured, PruneUnstructured,
-    Qat,
+    Qat, Cluster, Training,
 )
 from edgeport.pipeline.compress.context import CompressContext
 from edgeport.pipeline.compress.distill import distill
@@ -30,6 +31,7 @@ HANDLERS = {
     Equalize: equalize,
     BiasCorrection: bias_correction,
     AdaRound: adaround,
+    Cluster: cluster,
 }
 
 
@@ -44,4 +46,4 @@ def compress(model, config: CompressConfig, context: CompressContext):
 
 
 __all__ = ["compress", "CompressConfig", "CompressContext", "PruneStructured", "PruneUnstructured", "LowRank",
-           "Distill", "Qat", "METHODS", "Equalize", "BiasCorrection", "AdaRound"]
+           "Distill", "Qat", "METHODS", "Equalize", "BiasCorrection", "AdaRound", "Cluster", "Training"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Step(BaseModel):
@@ -35,18 +35,50 @@ class PruneUnstructured(Step):
 
 
 class LowRank(Step):
-    """Replace Linear and 1x1 Conv layers by two thinner ones from a truncated SVD."""
+    """Replace Linear and Conv layers by two thinner ones (a rank-r product) where that saves
+    parameters and MACs. Version 2 made the activation-aware algorithm the default; a config
+    that says `version = 1` keeps version 1's plain SVD at 90% energy."""
 
+    version: int = Field(2, ge=1, le=2)
     method: Literal["low-rank"] = "low-rank"
-    energy: float | None = Field(0.9, gt=0, le=1, description="keep the smallest rank holding this share of energy")
+    algorithm: Literal["activation-aware", "svd"] = Field(
+        "activation-aware", description="activation-aware: SVD of the weight whitened by the calibration inputs' "
+        "covariance (error measured on the layer's outputs); svd: plain truncated SVD of the weight")
+    max_layer_error: float | None = Field(
+        None, gt=0, lt=1, description="activation-aware: the smallest rank whose relative output error "
+        "||dW X||/||W X|| on calibration inputs is at most this (default 0.1 when no rule is set)")
+    energy: float | None = Field(
+        None, gt=0, le=1, description="the smallest rank keeping this share of energy: of the weight's singular "
+        "values (svd; default 0.9) or of the layer's output on calibration inputs (activation-aware, = 1 - error^2)")
     rank_ratio: float | None = Field(None, gt=0, le=1, description="or a fixed fraction of the full rank")
+    convolutions: Literal["1x1", "all"] = Field(
+        "all", description="all: kxk Conv too, as a kxk conv to r channels then a 1x1 conv (channel low rank)")
     ignore: list[str] = Field(default_factory=list)
 
+    @model_validator(mode="after")
+    def one_rank_rule(self):
+        rules = [k for k in ("max_layer_error", "energy", "rank_ratio") if getattr(self, k) is not None]
+        if len(rules) > 1:
+            raise ValueError(f"set one of max_layer_error, energy, rank_ratio (got {', '.join(rules)})")
+        if self.max_layer_error is not None and self.algorithm == "svd":
+            raise ValueError("max_layer_error needs algorithm = \"activation-aware\" (svd has energy or rank_ratio)")
+        if self.version == 1:  # version 1: plain SVD of Linear and 1x1 Conv
+            self.algorithm = self.algorithm if "algorithm" in self.model_fields_set else "svd"
+            self.convolutions = self.convolutions if "convolutions" in self.model_fields_set else "1x1"
+        return self
 
-class Distill(Step):
-    """Fine-tune the compressed student against the original teacher."""
+    def rank_rule(self) -> tuple[str, float]:
+        """("max_layer_error" | "energy" | "rank_ratio", value), defaults filled in."""
+        for key in ("rank_ratio", "energy", "max_layer_error"):
+            if getattr(self, key) is not None:
+                return key, getattr(self, key)
+        return ("energy", 0.9) if self.algorithm == "svd" else ("max_layer_error", 0.1)
 
-    method: Literal["distill"] = "distill"
+
+class Training(BaseModel):
+    """How a step trains the compressed student against the original teacher (distillation)."""
+
+    model_config = ConfigDict(extra="forbid")
     data: Literal["digits", "npy"] | None = Field(None, description="training data source (required)")
     path: str | None = Field(None, description=".npz with input arrays (and `labels`) for data = 'npy'")
     epochs: int = Field(30, gt=0)
@@ -56,6 +88,12 @@ class Distill(Step):
     alpha: float = Field(0.7, ge=0, le=1, description="weight of the soft (teacher) loss; the rest is task loss")
     validation_fraction: float = Field(0.15, gt=0, lt=1, description="of the training data, for picking the best epoch")
     seed: int = 0
+
+
+class Distill(Training, Step):
+    """Fine-tune the compressed student against the original teacher."""
+
+    method: Literal["distill"] = "distill"
 
 
 class Qat(Step):
@@ -127,7 +165,24 @@ class AdaRound(Step):
     ignore: list[str] = Field(default_factory=list)
 
 
+class Cluster(Step):
+    """Weight clustering (parameter sharing): each layer's weights take one of `clusters` shared
+    values (k-means), so the exported files deflate far smaller; the layers keep their shapes."""
+
+    method: Literal["cluster"] = "cluster"
+    clusters: int = Field(16, ge=2, le=256, description="shared values per layer (or per output channel)")
+    granularity: Literal["layer", "channel"] = Field(
+        "layer", description="one set of shared values per layer, or one per output channel")
+    int8_grid: bool = Field(
+        True, description="put every value on its output channel's symmetric int8 grid (scale = max|w|/127), so "
+        "a later per-channel int8 quantization maps each weight exactly to its code; with granularity = "
+        "\"layer\" the layer then shares int8 codes, each channel scaling them by its own scale")
+    fine_tune: Training | None = Field(
+        None, description="distil with the weights tied to their clusters (the shared values are trained)")
+    ignore: list[str] = Field(default_factory=list, description="module names to leave unclustered")
+
+
 CompressConfig = Annotated[Union[PruneStructured, PruneUnstructured, LowRank, Distill, Qat, Equalize, BiasCorrection,
-                                 AdaRound], Field(discriminator="method")]
+                                 AdaRound, Cluster], Field(discriminator="method")]
 METHODS = ("prune-structured", "prune-unstructured", "low-rank", "distill", "qat", "equalize", "bias-correction",
-           "adaround")
+           "adaround", "cluster")

@@ -27,6 +27,11 @@ class CompressContext:
     def calibration_batch(self, size: int = 64) -> tuple[torch.Tensor, ...]:
         return tuple(torch.from_numpy(np.ascontiguousarray(self.calibration.inputs[s.name][:size])) for s in self.inputs)
 
+    def calibration_batches(self, size: int = 32):
+        """Every calibration sample, as model arguments of up to `size` samples."""
+        for feeds in self.calibration.batches(size):
+            yield tuple(torch.from_numpy(np.ascontiguousarray(feeds[s.name])) for s in self.inputs)
+
 
 def output_layer(model: torch.nn.Module) -> list[str]:
     """The last Linear/Conv module: pruning it would change the model's outputs."""

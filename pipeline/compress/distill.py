@@ -9,16 +9,17 @@ import torch
 from torch import nn
 
 from edgeport.errors import ConfigError, DataError
-from edgeport.pipeline.compress.configs import Distill, Qat
+from edgeport.pipeline.compress.configs import Qat, Training
 from edgeport.pipeline.compress.context import CompressContext
 from edgeport.progress import report
 
 
-def training_data(config: Distill | Qat, context: CompressContext) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """The arrays (by input name) and labels (or None) of a step's `data` source."""
-    what = config.method
+def training_data(config: Training | Qat, context: CompressContext,
+                  what: str | None = None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """The arrays (by input name) and labels (or None) of a step's `data` source (`what`: the step, in errors)."""
+    what = what or config.method
     if config.data is None:
-        raise ConfigError("distill needs a training data source: set data = \"digits\" or data = \"npy\" with path")
+        raise ConfigError(f"{what} needs a training data source: set data = \"digits\" or data = \"npy\" with path")
     if config.data == "digits":
         from edgeport.calibration.digits import digits_split
 
@@ -53,8 +54,10 @@ def first(output) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output[0]
 
 
-def distill(model: nn.Module, config: Distill, context: CompressContext):
-    arrays, labels = training_data(config, context)
+def distill(model: nn.Module, config: Training, context: CompressContext, what: str = "distill"):
+    """Train `model` on the teacher's softened outputs (and labels, if the data has them); keeps the
+    epoch that scored best on a held-back part of the training data."""
+    arrays, labels = training_data(config, context, what)
     names = [s.name for s in context.inputs]
     total = len(arrays[names[0]])
     rng = np.random.default_rng(config.seed)

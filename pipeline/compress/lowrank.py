@@ -1,55 +1,129 @@
-"""Low-rank factorisation: W (out x in) ~ U_r S_r V_r^T becomes two layers of rank r."""
+"""Low-rank factorisation: a layer's weight W (out x in*k*k) becomes a product of rank r, two layers.
+
+activation-aware (default, as SVD-LLM): with X the layer's inputs on the calibration data and
+X^T X + ridge = L L^T (Cholesky), the SVD of W L orders directions by how much of the layer's
+*output* they carry: truncating it to rank r leaves the output error ||dW X^T||_F = the tail of
+its singular values (exactly, up to the ridge, which only makes the estimate larger), and
+W ~ U_r S_r V_r^T L^-1. The rank is the smallest one whose relative output error meets the
+budget. svd: the plain truncated SVD of W, ranked by the weight's own singular values.
+
+Linear and 1x1 Conv become two thinner ones; a kxk Conv becomes a kxk conv to r channels (same
+stride, padding, dilation) then a 1x1 conv to the outputs, so both its parameters and its MACs
+scale by r (in*k*k + out) / (out * in*k*k). A layer is only replaced when that is below 1.
+"""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 from torch import nn
 
+from edgeport.pipeline.compress.activations import input_moments
 from edgeport.pipeline.compress.configs import LowRank
-from edgeport.pipeline.compress.context import CompressContext
+from edgeport.pipeline.compress.context import CompressContext, modules_named
+
+RIDGE = 1e-4  # of the mean input energy, added to X^T X: inputs calibration never moved (dead ReLUs) stay bounded
 
 
-def choose_rank(singular: torch.Tensor, config: LowRank) -> int:
-    if config.rank_ratio is not None:
-        return max(1, math.ceil(config.rank_ratio * len(singular)))
-    energy = torch.cumsum(singular**2, 0) / (singular**2).sum()
-    return int(torch.searchsorted(energy, torch.tensor(config.energy, dtype=energy.dtype)).item()) + 1
+def candidates(model: nn.Module, config: LowRank) -> dict[str, tuple[nn.Module, str, nn.Module]]:
+    """{name: (parent, attribute, layer)} for the layers this config may factorise: Linear and Conv2d
+    (groups = 1, numeric padding). A subclass with its own forward (e.g. a static "same" padding)
+    qualifies only as a 1x1 stride-1 conv, where what its forward receives is what the kernel sees."""
+    ignored = set(map(id, modules_named(model, config.ignore, "low-rank ignore")))
+    found = {}
+    for parent_name, parent in model.named_modules():
+        for child_name, child in parent.named_children():
+            name = f"{parent_name}.{child_name}" if parent_name else child_name
+            if id(child) in ignored:
+                continue
+            pointwise = isinstance(child, nn.Conv2d) and child.kernel_size == (1, 1) and tuple(child.stride) == (1, 1)
+            conv = (isinstance(child, nn.Conv2d) and child.groups == 1 and not isinstance(child.padding, str)
+                    and (type(child) is nn.Conv2d or pointwise) and (config.convolutions == "all" or pointwise))
+            if isinstance(child, nn.Linear) or conv:
+                found[name] = (parent, child_name, child)
+    return found
 
 
-def factorise(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(first, second) with second @ first ~ weight; the singular values split evenly."""
-    u, s, vh = torch.linalg.svd(weight, full_matrices=False)
+def whitening(moment: torch.Tensor) -> torch.Tensor:
+    """Lower-triangular L with L L^T = X^T X + ridge (the ridge grows until Cholesky succeeds)."""
+    eye = torch.eye(len(moment), dtype=moment.dtype)
+    scale = max(float(moment.diagonal().mean()), 1e-12)
+    for ridge in (RIDGE, 1e-3, 1e-2, 1e-1):
+        factor, info = torch.linalg.cholesky_ex(moment + ridge * scale * eye)
+        if info == 0:
+            return factor
+    raise ValueError("the input covariance is not positive definite even with a 10% ridge")
+
+
+def choose_rank(singular: torch.Tensor, rule: str, value: float, output_energy: float | None = None) -> int:
+    """The smallest rank meeting the rule. For max_layer_error the tail energy of `singular`
+    (the output error, squared) must stay below value^2 times the layer's output energy."""
+    if rule == "rank_ratio":
+        return max(1, math.ceil(value * len(singular)))
+    power = singular**2
+    if rule == "energy":
+        kept = torch.cumsum(power, 0) / power.sum()
+        return min(len(singular), int(torch.searchsorted(kept, torch.tensor(value, dtype=kept.dtype)).item()) + 1)
+    tail = power.sum() - torch.cumsum(power, 0)  # tail[r - 1]: the error energy of rank r
+    return min(len(singular), int((tail > value**2 * output_energy).sum().item()) + 1)
+
+
+def factors(weight: torch.Tensor, rank: int, white: torch.Tensor | None):
+    """(first [rank x in], second [out x rank], singular values) with second @ first ~ weight;
+    the singular values split evenly between the two."""
+    target = weight if white is None else weight @ white
+    u, s, vh = torch.linalg.svd(target, full_matrices=False)
+    first = vh[:rank]
+    if white is not None:  # V_r^T L^-1: solve X L = V_r^T
+        first = torch.linalg.solve_triangular(white, first, upper=False, left=False)
     root = s[:rank].sqrt()
-    return root[:, None] * vh[:rank], u[:, :rank] * root[None, :]
+    return root[:, None] * first, u[:, :rank] * root[None, :], s
+
+
+def two_layers(layer: nn.Module, first: torch.Tensor, second: torch.Tensor) -> nn.Sequential:
+    """The layer itself with `rank` outputs and no bias (a copy: its own forward, stride, padding),
+    then a Linear / 1x1 conv from `rank` to the layer's outputs with the layer's bias."""
+    rank, bias = first.shape[0], layer.bias is not None
+    a = copy.deepcopy(layer)
+    a.weight = nn.Parameter(first.float().reshape(rank, *layer.weight.shape[1:]))
+    a.bias = None
+    if isinstance(layer, nn.Linear):
+        a.out_features = rank
+        b = nn.Linear(rank, layer.out_features, bias=bias)
+        b.weight.data = second.float()
+    else:
+        a.out_channels = rank
+        b = nn.Conv2d(rank, layer.out_channels, 1, bias=bias)
+        b.weight.data = second.float()[:, :, None, None]
+    if bias:
+        b.bias.data = layer.bias.detach().clone()
+    return nn.Sequential(a, b)
 
 
 def low_rank(model: nn.Module, config: LowRank, context: CompressContext):
-    replaced = {}
-    for parent_name, parent in list(model.named_modules()):
-        for child_name, child in list(parent.named_children()):
-            name = f"{parent_name}.{child_name}" if parent_name else child_name
-            if name in config.ignore:
-                continue
-            is_1x1 = isinstance(child, nn.Conv2d) and child.kernel_size == (1, 1) and child.groups == 1
-            if not (isinstance(child, nn.Linear) or is_1x1):
-                continue
-            weight = child.weight.detach().reshape(child.weight.shape[0], -1).double()
-            out_dim, in_dim = weight.shape
-            rank = choose_rank(torch.linalg.svdvals(weight), config)
-            if rank * (out_dim + in_dim) >= out_dim * in_dim:
-                continue  # factorising would not save parameters
-            first, second = factorise(weight, rank)
-            bias = child.bias is not None
-            if is_1x1:
-                a, b = nn.Conv2d(in_dim, rank, 1, bias=False), nn.Conv2d(rank, out_dim, 1, bias=bias)
-                a.weight.data, b.weight.data = first.float()[:, :, None, None], second.float()[:, :, None, None]
-            else:
-                a, b = nn.Linear(in_dim, rank, bias=False), nn.Linear(rank, out_dim, bias=bias)
-                a.weight.data, b.weight.data = first.float(), second.float()
-            if bias:
-                b.bias.data = child.bias.detach().clone()
-            setattr(parent, child_name, nn.Sequential(a, b))
-            replaced[name] = {"rank": rank, "full_rank": min(out_dim, in_dim)}
-    return model.eval(), {"factorised": replaced}
+    rule, value = config.rank_rule()
+    layers = candidates(model, config)
+    aware = config.algorithm == "activation-aware"
+    moments = input_moments(model, {n: c for n, (_, _, c) in layers.items()},
+                            context.calibration_batches()) if aware else {}
+    replaced, kept = {}, {}
+    for name, (parent, attribute, layer) in layers.items():
+        weight = layer.weight.detach().reshape(layer.weight.shape[0], -1).double()
+        out_dim, in_dim = weight.shape
+        white = whitening(moments[name]) if aware else None
+        first, second, singular = factors(weight, min(out_dim, in_dim), white)
+        output_energy = float(torch.einsum("oi,ij,oj->", weight, moments[name], weight)) if aware else None
+        rank = choose_rank(singular, rule, value, output_energy)
+        if rank * (out_dim + in_dim) >= out_dim * in_dim:
+            kept[name] = {"rank_needed": rank, "full_rank": len(singular)}  # factorising would not save parameters
+            continue
+        setattr(parent, attribute, two_layers(layer, first[:rank], second[:, :rank]))
+        row = {"rank": rank, "full_rank": len(singular),
+               "params": [out_dim * in_dim, rank * (out_dim + in_dim)]}
+        if aware:  # the output error this layer adds on calibration inputs, relative (an upper bound)
+            row["output_error"] = round(math.sqrt(float((singular[rank:] ** 2).sum()) / max(output_energy, 1e-30)), 5)
+        replaced[name] = row
+    return model.eval(), {"algorithm": config.algorithm, "rule": {rule: value}, "factorised": replaced,
+                          "kept_whole": kept}
