@@ -11,7 +11,6 @@ from pathlib import Path
 
 from edgeport.pipeline import report_html
 from edgeport.pipeline.plots import fmt, new_figure, save_figure, share
-from edgeport.pipeline.reference import judged_against
 from edgeport.types import write_text_atomic
 
 SCHEMA_VERSION = 1
@@ -196,6 +195,8 @@ def report_md(result, rows: list[dict]) -> str:
             lines.append(f"| {row['step']} | {pair('params')} | {pair('macs')} | {pair('size_bytes', 1 / 1024, '.1f')} | "
                          f"{pair('zip_bytes', 1 / 1024, '.1f')} | {pair('accuracy', 100, '.2f')} | {pair('p50_ms', 1, '.4f')} |")
         notes = [row["notes"]["note"] for row in result.compression if "note" in row["notes"]]
+        from edgeport.pipeline.reference import judged_against  # imports torch: not for `targets`
+
         if judged_against(cfg) == "original":
             notes.insert(0, "Every artifact (fp32 too) is compared with the original model, not with these steps' "
                             "float output (verify.against; steps that only prepare for int8 imply it).")

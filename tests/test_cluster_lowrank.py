@@ -211,7 +211,7 @@ def test_openvino_codebook_compresses_the_linear_layers_of_a_cnn(tmp_path, digit
     into 16 f8e4m3 values, its convolutions int8; the CPU plugin runs the result."""
     import openvino as ov
 
-    from edgeport.pipeline.compress.openvino_codebook import codebook_compress
+    from edgeport.targets.openvino_codebook import codebook_compress
     from edgeport.pipeline.interchange import export_onnx
     from edgeport.pipeline.model_loading import LoadedModel
     from edgeport.types import TensorSpec
