@@ -169,7 +169,7 @@ def test_one_crashing_target_never_sinks_the_run(tmp_path, model_cache, monkeypa
     assert "injected failure" in (run_dir / rows[("onnxruntime", "int8")]["log"]).read_text()
     for key in (("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "int8")):
         assert rows[key]["verify"]["passed"] and rows[key]["bench"], key
-    assert "| onnxruntime | int8 |  | local | — | — | — | — | error |" in (run_dir / "report.md").read_text()
+    assert "| onnxruntime | int8 |  | local | — | — | — | — | — | error |" in (run_dir / "report.md").read_text()
 
 
 def test_accuracy_aware_int8_keeps_compute_ops_and_says_when_it_misses(tmp_path, model_cache):
