@@ -35,10 +35,10 @@ def pick_rows(search, run_dir: Path) -> list[dict]:
     verified = [c for c in search.candidates if c.verify and c.path]
     rows, seen = [], set()
 
-    def add(c, name: str, **extra) -> None:
+    def add(c, name: str) -> None:
         if c is not None and c.label not in seen:
             seen.add(c.label)
-            rows.append({"name": name, "candidate": c, "artifact": Artifact.load(run_dir / c.path), **extra})
+            rows.append({"name": name, "candidate": c, "artifact": Artifact.load(run_dir / c.path)})
 
     names = dict.fromkeys(c.target for c in search.candidates)
     for name in names:
@@ -55,7 +55,7 @@ def pick_rows(search, run_dir: Path) -> list[dict]:
             if best is not None:
                 add(best, f"{name} {best.precision}, best of recipe {recipe}: {best.variant}")
     if search.chosen is not None:
-        add(search.chosen, f"edgeport's choice: {search.chosen.label}", chosen=True)
+        add(search.chosen, f"edgeport's choice: {search.chosen.label}")  # unless a row above is it
         next(r for r in rows if r["candidate"] is search.chosen)["chosen"] = True
     return rows
 
@@ -69,15 +69,16 @@ def measure_rows(config, run_dir: Path, rows: list[dict], rounds: int) -> dict:
     samples = run_dir / "calibration" / "evaluation.npz"
     with BenchService.of(config) as service:
         local = service.profile("local")
+        for row in rows:  # what each measurement needs, worked out once
+            artifact = row["artifact"]
+            row["options"] = targets.get(artifact.target).runtime_variants(config.target_options(artifact.target))[0]
+            row["samples"] = run_samples_for(artifact, None)
         for round_ in range(rounds):
             eager["p50s"].append(service.torch_eager(config.model.model_dump(mode="json"), config.base_dir,
                                                      samples, 32)["p50_ms"])
             print(f"round {round_ + 1}/{rounds} PyTorch eager: {eager['p50s'][-1]:.3f} ms", file=sys.stderr)
             for row in rows:
-                artifact = row["artifact"]
-                target = targets.get(artifact.target)
-                options = target.runtime_variants(config.target_options(artifact.target))[0]
-                result = service.measure(artifact, local, options, run_samples_for(artifact, None))
+                result = service.measure(row["artifact"], local, row["options"], row["samples"])
                 row.setdefault("p50s", []).append(result["p50_ms"])
                 print(f"round {round_ + 1}/{rounds} {row['name']:<60} p50 {result['p50_ms']:.3f} ms", file=sys.stderr)
         facts = result["device_facts"]

@@ -109,6 +109,11 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+
+def artifact_name(target: str, precision: str, variant: str | None, sep: str = "/") -> str:
+    """target/precision[/variant], how artifacts are labelled; with sep "-", their run folder's name."""
+    return sep.join(filter(None, [target, precision, variant]))
+
 class Artifact(BaseModel):
     """What an export or quantize step wrote, saved as artifact.json beside its files."""
 
@@ -143,12 +148,12 @@ class Artifact(BaseModel):
 
     @property
     def label(self) -> str:
-        return f"{self.target}/{self.precision}" + (f"/{self.variant}" if self.variant else "")
+        return artifact_name(self.target, self.precision, self.variant)
 
     @property
     def slug(self) -> str:
         """The artifact's name in the run folder: target-precision[-variant]."""
-        return f"{self.target}-{self.precision}" + (f"-{self.variant}" if self.variant else "")
+        return artifact_name(self.target, self.precision, self.variant, "-")
 
     def save(self, folder: Path) -> Artifact:
         """Hash every listed file (main model file first) and write artifact.json into `folder`."""

@@ -43,6 +43,7 @@ class BenchService:
     threads: int | None = None  # --threads, or [bench] threads (the command line already won over the file)
     devices_dir: Path | None = None
     _open: dict[str, Device] = field(default_factory=dict)
+    _profiles: dict[str, DeviceProfile] = field(default_factory=dict)
 
     @classmethod
     def of(cls, config) -> BenchService:
@@ -52,7 +53,10 @@ class BenchService:
         return cls(BenchSettings(b.iterations, b.min_seconds, b.warmup), b.threads, folder)
 
     def profile(self, name: str) -> DeviceProfile:
-        return get_profile(name, self.devices_dir)
+        """A device profile, read once per service (profiles do not change during a run)."""
+        if name not in self._profiles:
+            self._profiles[name] = get_profile(name, self.devices_dir)
+        return self._profiles[name]
 
     def device(self, profile: DeviceProfile) -> Device:
         """One open connection per device for the service's life (an SSH master is reused)."""
@@ -82,12 +86,15 @@ class BenchService:
                 verify_inputs: dict[str, np.ndarray] | None = None, entry_threads: int | None = None) -> dict:
         """One artifact on one device with one runtime variant: the BenchResult fields (and the
         device's outputs for `verify_inputs` as `verify_outputs`)."""
+        from edgeport.devices.adb import uses_phone_tool
         from edgeport.devices.remote import measure
 
         target = targets.get(artifact.target)
         request = {**self.request(profile, entry_threads), "options": options}
-        phone = target.phone_inputs(artifact, samples) if target.phone_benchmark else None
-        return measure(self.device(profile), artifact, target.device_runtime(), request, samples, verify_inputs, phone)
+        device, runtime = self.device(profile), target.device_runtime()
+        # raw input files for a phone's native benchmark tool: only a phone without Python uses them
+        phone = target.phone_inputs(artifact, samples) if uses_phone_tool(device, runtime) else None
+        return measure(device, artifact, runtime, request, samples, verify_inputs, phone)
 
     def torch_eager(self, model: dict, base_dir: Path, samples: Path, count: int) -> dict:
         """PyTorch eager on this machine, in a fresh process, the same harness and thread rule."""

@@ -15,7 +15,7 @@ from edgeport.pipeline.data import DataSets
 from edgeport.pipeline.stages import code_hash, key_hash
 from edgeport.pipeline.workspace import Workspace
 from edgeport.targets.base import RECALIBRATED, QuantizeRequest, SourceModel, TargetOptions
-from edgeport.types import Artifact, sha256_file
+from edgeport.types import Artifact, artifact_name, sha256_file
 
 PRECISION_ORDER = ("fp32", "fp16", "int8-dynamic", "int8", "full-int8", "mixed")
 
@@ -35,11 +35,11 @@ class Planned:
 
     @property
     def label(self) -> str:
-        return f"{self.target}/{self.precision}" + (f"/{self.variant}" if self.variant else "")
+        return artifact_name(self.target, self.precision, self.variant)
 
     @property
     def slug(self) -> str:
-        return f"{self.target}-{self.precision}" + (f"-{self.variant}" if self.variant else "")
+        return artifact_name(self.target, self.precision, self.variant, "-")
 
 
 def check_precisions(wanted: list[str], configured: dict[str, list[str]]) -> None:

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
-import numpy as np
-
 from edgeport.errors import BundleError, EdgeportError, first_line
 from edgeport.types import Artifact, FileRecord, TensorSpec, sha256_file
 

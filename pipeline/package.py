@@ -14,7 +14,7 @@ from edgeport.pipeline.bundle_io import archive_kind, bundle_files, write_archiv
 from edgeport.pipeline.bundle_templates import python_example
 from edgeport.pipeline.report_model import Entry, Report
 from edgeport.targets.base import function_source
-from edgeport.types import Artifact, sha256_file
+from edgeport.types import Artifact, artifact_name, sha256_file
 
 
 def choose(report: Report, targets: list[str] | None, precisions: list[str] | None,
@@ -174,7 +174,7 @@ def package(run_dir: Path, targets: list[str] | None = None, precisions: list[st
     folder = run_dir / "bundles" if out is None or kind else out
     made = []
     for entry in chosen:
-        slug = "-".join(filter(None, [entry.target, entry.precision, entry.variant]))
+        slug = artifact_name(entry.target, entry.precision, entry.variant, "-")
         name = re.sub(r"[^A-Za-z0-9._-]", "-", f"{report.model['name']}-{slug}")
         bundle = build_bundle(report, entry, run_dir, folder / name)
         made.append(write_archive(bundle, out) if kind else bundle)

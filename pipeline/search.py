@@ -42,7 +42,7 @@ from edgeport.pipeline.verify import verify
 from edgeport.pipeline.workspace import Workspace
 from edgeport.targets.base import TargetOptions
 from edgeport.metrics import Budget
-from edgeport.types import Artifact, OutputMetrics
+from edgeport.types import Artifact, OutputMetrics, artifact_name
 
 
 @dataclass
@@ -69,7 +69,7 @@ class Candidate:
 
     @property
     def label(self) -> str:
-        return f"{self.target}/{self.precision}" + (f"/{self.variant}" if self.variant else "")
+        return artifact_name(self.target, self.precision, self.variant)
 
 
 def base_options(config: RunConfig, name: str) -> TargetOptions:
@@ -242,9 +242,8 @@ class Search:
                 self.finish(c, build_and_verify(ws, prepared, self.task_candidate(c)))
                 self.count(c)
         parents_ok = {}
-        for c in candidates:
-            if self.recipe != "none":
-                break  # judged against the original, a recipe's fp32 says nothing about its export
+        # A recipe is judged against the original: its fp32 says nothing about its export.
+        for c in candidates if self.recipe == "none" else []:
             if c.precision not in targets.get(c.target).float_precisions and c.target not in parents_ok:
                 planned = Planned(c.target, c.precision, base_options(self.config, c.target))
                 fp32 = float_parent(ws, prepared.source, prepared.data, planned, prepared.reference.class_scores)

@@ -22,7 +22,7 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from edgeport.errors import ExportError, require
+from edgeport.errors import ExportError, first_line, require
 from edgeport.targets.base import (
     QuantizeRequest, SourceModel, Target, TargetOptions, declared_tensor, quiet,
 )
@@ -262,11 +262,6 @@ class ExecuTorchTarget(Target):
             return {f"out{i}": o.numpy() for i, o in enumerate(method.execute(ordered))}
 
         return run
-
-
-def first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else error.__class__.__name__
 
 
 CPP_EXAMPLE = """// Minimal ExecuTorch C++ example: load model.pte, run one input, read the first output.

@@ -13,6 +13,16 @@ REPO = Path(__file__).resolve().parents[1]
 PROGRESS_LINE = re.compile(r"^\[\d\d:\d\d:\d\d\] ")  # the CLI's stage lines when stderr is not a terminal
 
 
+def invoke(*args) -> tuple[int, str]:
+    """`edgeport ARGS` in this process: the exit code and everything it printed."""
+    from typer.testing import CliRunner
+
+    from edgeport.cli import app
+
+    out = CliRunner().invoke(app, [str(a) for a in args])
+    return out.exit_code, out.output
+
+
 def message_lines(output: str) -> list[str]:
     """CLI output without blank lines and the timestamped stage lines shown before an error."""
     return [ln for ln in output.splitlines() if ln.strip() and not PROGRESS_LINE.match(ln)]

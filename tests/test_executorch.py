@@ -8,21 +8,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
 
-from edgeport.cli import app
-from tests.conftest import write_config
+from tests.conftest import invoke, write_config
 from tests.models import TEXT_MODEL, write_text_data
 
 pytest.importorskip("executorch", reason="ExecuTorch is an optional extra: pip install 'edgeport[executorch]'")
 pytestmark = pytest.mark.slow
 
 ALL = '[targets.executorch]\nprecisions = ["fp32", "int8", "int8-dynamic"]\n'
-
-
-def invoke(*args):
-    out = CliRunner().invoke(app, [str(a) for a in args])
-    return out.exit_code, out.output
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from edgeport import load_config, run
-from edgeport.cli import app
-from tests.conftest import write_config
+from tests.conftest import invoke, write_config
 
 pytestmark = [pytest.mark.onnxruntime, pytest.mark.openvino, pytest.mark.tflite, pytest.mark.slow]
 
@@ -46,11 +44,6 @@ def finished(tmp_path_factory, model_cache):
     (folder / "labels.txt").write_text("".join(f"digit {i}\n" for i in range(10)))
     result = run(load_config(write_config(folder, model=MODEL, targets=TARGETS)))
     return result
-
-
-def invoke(*args):
-    out = CliRunner().invoke(app, [str(a) for a in args])
-    return out.exit_code, out.output
 
 
 def digit_png(folder: Path, index: int) -> tuple[Path, int]:

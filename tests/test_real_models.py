@@ -12,11 +12,9 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from typer.testing import CliRunner
 
-from edgeport.cli import app
 from edgeport.targets import onnxruntime as ort_target
-from tests.conftest import write_config
+from tests.conftest import invoke, write_config
 from tests.models import STREAM_MODEL, TEXT_MODEL, write_stream_data, write_text_data
 
 pytestmark = [pytest.mark.onnxruntime, pytest.mark.openvino, pytest.mark.tflite, pytest.mark.slow]
@@ -29,11 +27,6 @@ precisions = ["fp32", "fp16", "int8"]
 [targets.tflite]
 precisions = ["fp32", "fp16", "int8-dynamic", "int8", "full-int8"]
 """
-
-
-def invoke(*args):
-    out = CliRunner().invoke(app, [str(a) for a in args])
-    return out.exit_code, out.output
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from edgeport.pipeline.compress.configs import Qat
 from edgeport.pipeline.compress.context import CompressContext
 from edgeport.pipeline.compress.distill import soft_loss, training_data
 from edgeport.pipeline.compress.quantsim import (
-    ActQuant, QConv, act_quants, build_sim, calibrate, export_qdq, float_module, freeze, set_enabled, weight_quants,
+    ActQuant, act_quants, build_sim, calibrate, export_qdq, float_module, freeze, set_enabled, weight_quants,
 )
 from edgeport.progress import report
 
