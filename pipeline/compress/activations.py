@@ -36,6 +36,11 @@ class Moments:
         return self.total / max(self.count, 1)
 
     @property
+    def energy(self) -> float:
+        """The inputs' mean square, over rows and dimensions."""
+        return float(self.gram.diagonal().mean()) / max(self.count, 1)
+
+    @property
     def centred(self) -> torch.Tensor:
         """(X - mean)^T (X - mean): what the input-dependent part of the output is made of."""
         return self.gram - torch.outer(self.total, self.mean)

@@ -28,7 +28,7 @@ from edgeport.pipeline.compress.activations import input_moments
 from edgeport.pipeline.compress.configs import LowRank
 from edgeport.pipeline.compress.context import CompressContext, modules_named
 
-RIDGE = 1e-4  # of the mean input variance, added to the covariance: inputs calibration never moved (dead ReLUs) stay bounded
+RIDGE = 1e-4  # of the mean input energy, added to the covariance: inputs calibration never moved (dead ReLUs) stay bounded
 
 
 def candidates(model: nn.Module, config: LowRank) -> dict[str, tuple[nn.Module, str, nn.Module]]:
@@ -50,10 +50,11 @@ def candidates(model: nn.Module, config: LowRank) -> dict[str, tuple[nn.Module, 
     return found
 
 
-def whitening(moment: torch.Tensor) -> torch.Tensor:
-    """Lower-triangular L with L L^T = moment + ridge (the ridge grows until Cholesky succeeds)."""
+def whitening(moment: torch.Tensor, energy: float) -> torch.Tensor:
+    """Lower-triangular L with L L^T = moment + ridge (the ridge, a share of the inputs' mean
+    energy `energy`, grows until Cholesky succeeds: inputs that never vary leave only rounding)."""
     eye = torch.eye(len(moment), dtype=moment.dtype)
-    scale = max(float(moment.diagonal().mean()), 1e-12)
+    scale = max(energy, float(moment.diagonal().mean()), 1e-12)
     for ridge in (RIDGE, 1e-3, 1e-2, 1e-1):
         factor, info = torch.linalg.cholesky_ex(moment + ridge * scale * eye)
         if info == 0:
@@ -119,7 +120,7 @@ def low_rank(model: nn.Module, config: LowRank, context: CompressContext):
         weight = layer.weight.detach().reshape(layer.weight.shape[0], -1).double()
         out_dim, in_dim = weight.shape
         covariance = moments[name].covariance() if aware else None
-        white = whitening(covariance) if aware else None
+        white = whitening(covariance, moments[name].energy) if aware else None
         first, second, singular = factors(weight, min(out_dim, in_dim), white)
         output_energy = float(torch.einsum("oi,ij,oj->", weight, covariance, weight)) if aware else None
         rank = choose_rank(singular, rule, value, output_energy)
