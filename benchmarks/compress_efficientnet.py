@@ -39,6 +39,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = every core)")
     parser.add_argument("--runs-dir", type=Path, default=REPO / "runs", help="where the data sets are cached")
+    parser.add_argument("--budgets", type=float, nargs="*", default=[0.05, 0.1, 0.2], help="low-rank max_layer_error")
+    parser.add_argument("--clusters", type=cluster_spec, nargs="*", default=[(16, "channel"), (64, "layer")],
+                        help="clustering runs as CLUSTERS:GRANULARITY (layer | channel)")
     args = parser.parse_args()
 
     from edgeport.examples.efficientnet import efficientnet_lite0
@@ -59,9 +62,8 @@ def main() -> None:
         reference = torch.cat([original(b) for b in held_out.split(50)])
     context = CompressContext(inputs=specs, calibration=calibration, teacher=original, base_dir=config.base_dir)
 
-    steps = {"fp32": None,
-             "low-rank activation-aware, max_layer_error 0.1": LowRank(max_layer_error=0.1),
-             "low-rank activation-aware, max_layer_error 0.2": LowRank(max_layer_error=0.2)}
+    steps = {"fp32": None, **{f"low-rank activation-aware, max_layer_error {e}": LowRank(max_layer_error=e)
+                              for e in args.budgets}}
     rows = []
     example = (torch.zeros(1, *held_out.shape[1:]),)
     for name, step in steps.items():
@@ -69,14 +71,14 @@ def main() -> None:
         model, notes = (original, {}) if step is None else compress(efficientnet_lite0(), step, context)
         seconds = time.perf_counter() - start
         rows.append({"name": name, "model": model.eval(), "seconds": seconds, "notes": notes})
-        if isinstance(step, LowRank):  # plain SVD with the same rank per layer: the same parameter count
+        if isinstance(step, LowRank) and notes["factorised"]:  # plain SVD, the same rank per layer: same parameters
             ranks = {layer: row["rank"] for layer, row in notes["factorised"].items()}
             rows.append({"name": name.replace("activation-aware", "plain SVD, same ranks"),
-                         "model": svd_with_ranks(ranks, context), "seconds": None, "notes": {}})
-    for clusters in (16, 32):
+                         "model": svd_with_ranks(ranks), "seconds": None, "notes": {}})
+    for clusters, granularity in args.clusters:
         start = time.perf_counter()
-        model, notes = compress(efficientnet_lite0(), Cluster(clusters=clusters), context)
-        rows.append({"name": f"cluster {clusters} per layer (int8 grid)", "model": model,
+        model, notes = compress(efficientnet_lite0(), Cluster(clusters=clusters, granularity=granularity), context)
+        rows.append({"name": f"cluster {clusters} per {granularity} (int8 grid)", "model": model,
                      "seconds": time.perf_counter() - start, "notes": notes})
     for row in rows:
         with torch.no_grad():
@@ -102,10 +104,17 @@ def main() -> None:
             print(f"\n{row['name']}: {len(row['notes']['factorised'])} layers factorised, "
                   f"{len(row['notes']['kept_whole'])} kept whole (no saving)")
         if "weights_zip_bytes" in row["notes"]:
-            print(f"\n{row['name']}: {row['notes']['note']}; folded {len(row['notes']['folded_batchnorms'])} batch norms")
+            folded = row["notes"]["folded_batchnorms"]
+            print(f"\n{row['name']}: {row['notes']['note']}; "
+                  f"{f'{len(folded)} batch norms folded' if isinstance(folded, list) else folded}")
 
 
-def svd_with_ranks(ranks: dict[str, int], context) -> torch.nn.Module:
+def cluster_spec(text: str) -> tuple[int, str]:
+    clusters, _, granularity = text.partition(":")
+    return int(clusters), granularity or "layer"
+
+
+def svd_with_ranks(ranks: dict[str, int]) -> torch.nn.Module:
     """EfficientNet-Lite0 with the given layers replaced by their plain truncated SVD of that rank."""
     from edgeport.examples.efficientnet import efficientnet_lite0
     from edgeport.pipeline.compress import lowrank

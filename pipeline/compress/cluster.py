@@ -25,9 +25,9 @@ from torch.nn.utils import parametrize
 from edgeport.errors import ConfigError
 from edgeport.pipeline.compress.configs import Cluster
 from edgeport.pipeline.compress.context import CompressContext, modules_named
+from edgeport.pipeline.compress.int8sim import LAYERS, fold_batchnorm, weight_scale
 from edgeport.pipeline.compress.measure import sizes
 
-LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 INT8_MAX = 127.0
 
 
@@ -134,8 +134,7 @@ def cluster_weight(weight: torch.Tensor, config: Cluster) -> tuple[Tied, torch.T
     rows = weight.detach().double().reshape(weight.shape[0], -1)
     scale = torch.ones(rows.shape[0], 1, dtype=rows.dtype)
     if config.int8_grid:  # in int8 steps: the values lie in [-127, 127], each channel's peak at +-127
-        peak = rows.abs().amax(1, keepdim=True)
-        scale = torch.where(peak > 0, peak / INT8_MAX, scale)
+        scale = weight_scale(rows)
         rows = rows / scale
     low = rows.amin(1) <= -INT8_MAX + 0.5  # with int8_grid, -127 / +127 stay: each channel keeps its scale
     high = rows.amax(1) >= INT8_MAX - 0.5
@@ -160,47 +159,6 @@ def cluster_weight(weight: torch.Tensor, config: Cluster) -> tuple[Tied, torch.T
     return tie, (table * unit).float()
 
 
-def fold_batchnorms(model: nn.Module) -> list[str] | str:
-    """Fold each BatchNorm that only ever sees one Conv's output into that Conv (weights scaled per
-    output channel, bias shifted); the BatchNorm becomes Identity. Exporters fold them anyway, which
-    would scale clustered values per channel: folded first, the shared values are the ones that ship.
-    Returns the folded BatchNorms' names, or why none could be (the model does not trace with torch.fx)."""
-    from collections import Counter
-
-    class Tracer(torch.fx.Tracer):  # a Conv subclass (e.g. static "same" padding) is one call, as Conv is
-        def is_leaf_module(self, module: nn.Module, name: str) -> bool:
-            return isinstance(module, LAYERS) or super().is_leaf_module(module, name)
-
-    try:
-        graph = Tracer().trace(model)
-    except Exception as e:  # noqa: BLE001 - fx raises many kinds; folding is an optimisation, skipped
-        return f"batch norms not folded: torch.fx cannot trace the model ({type(e).__name__})"
-    modules = dict(model.named_modules())
-    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
-    folded = []
-    for node in graph.nodes:
-        bn = modules.get(node.target) if node.op == "call_module" else None
-        source = node.args[0] if bn is not None and node.args else None
-        if not (isinstance(bn, nn.BatchNorm1d | nn.BatchNorm2d) and bn.running_var is not None
-                and isinstance(source, torch.fx.Node) and source.op == "call_module" and len(source.users) == 1
-                and isinstance(modules[source.target], nn.Conv1d | nn.Conv2d)
-                and calls[source.target] == calls[node.target] == 1):
-            continue
-        conv = modules[source.target]
-        with torch.no_grad():
-            factor = torch.rsqrt(bn.running_var + bn.eps)
-            if bn.affine:
-                factor = factor * bn.weight
-            shift = -bn.running_mean * factor + (bn.bias if bn.affine else 0)
-            conv.weight.mul_(factor.reshape(-1, *[1] * (conv.weight.dim() - 1)))
-            bias = shift if conv.bias is None else conv.bias * factor + shift
-            conv.bias = nn.Parameter(bias.detach().clone())
-        parent, _, attribute = node.target.rpartition(".")
-        setattr(model.get_submodule(parent), attribute, nn.Identity())
-        folded.append(node.target)
-    return folded
-
-
 def unique_counts(weight: torch.Tensor) -> tuple[int, int]:
     """(distinct values in the layer, most distinct values in one output channel)."""
     rows = weight.detach().reshape(weight.shape[0], -1)
@@ -213,7 +171,10 @@ def cluster(model: nn.Module, config: Cluster, context: CompressContext):
     if not layers:
         raise ConfigError("cluster: no Linear or Conv layer left to cluster")
     zip_before = sizes(model)[1]
-    folded = fold_batchnorms(model.eval())
+    try:  # exporters fold BatchNorm, which would scale the shared values per channel: fold first
+        folded = fold_batchnorm(model.eval())
+    except ConfigError as e:  # the model does not trace: clustered as it is
+        folded = f"batch norms not folded: {e}"
     report = {}
     for name, layer in layers.items():
         before = unique_counts(layer.weight)[0]

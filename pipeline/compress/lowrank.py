@@ -1,11 +1,15 @@
 """Low-rank factorisation: a layer's weight W (out x in*k*k) becomes a product of rank r, two layers.
 
-activation-aware (default, as SVD-LLM): with X the layer's inputs on the calibration data and
-X^T X + ridge = L L^T (Cholesky), the SVD of W L orders directions by how much of the layer's
-*output* they carry: truncating it to rank r leaves the output error ||dW X^T||_F = the tail of
-its singular values (exactly, up to the ridge, which only makes the estimate larger), and
-W ~ U_r S_r V_r^T L^-1. The rank is the smallest one whose relative output error meets the
-budget. svd: the plain truncated SVD of W, ranked by the weight's own singular values.
+activation-aware (default, as SVD-LLM): with C the covariance of the layer's inputs on the
+calibration data (centred, shrunk towards the identity where there are few samples per dimension,
+see activations.Moments.covariance) and C = L L^T (Cholesky), the SVD of W L orders directions by
+how much of the layer's input-dependent *output* they carry: truncating it to rank r leaves an
+output error ||dW (X - mean)^T||_F equal to the tail of its singular values, and
+W ~ U_r S_r V_r^T L^-1; the error the inputs' mean causes, dW mean, is constant and the bias takes
+it back. The rank is the smallest one whose error, relative to the layer's input-dependent output,
+meets the budget. Centring matters: a classifier's outputs share a large common part, against
+which an error that flips the top class looks small. svd: the plain truncated SVD of W, ranked by
+the weight's own singular values, with no data.
 
 Linear and 1x1 Conv become two thinner ones; a kxk Conv becomes a kxk conv to r channels (same
 stride, padding, dilation) then a 1x1 conv to the outputs, so both its parameters and its MACs
@@ -24,7 +28,7 @@ from edgeport.pipeline.compress.activations import input_moments
 from edgeport.pipeline.compress.configs import LowRank
 from edgeport.pipeline.compress.context import CompressContext, modules_named
 
-RIDGE = 1e-4  # of the mean input energy, added to X^T X: inputs calibration never moved (dead ReLUs) stay bounded
+RIDGE = 1e-4  # of the mean input energy, added to the covariance: inputs calibration never moved (dead ReLUs) stay bounded
 
 
 def candidates(model: nn.Module, config: LowRank) -> dict[str, tuple[nn.Module, str, nn.Module]]:
@@ -46,10 +50,11 @@ def candidates(model: nn.Module, config: LowRank) -> dict[str, tuple[nn.Module, 
     return found
 
 
-def whitening(moment: torch.Tensor) -> torch.Tensor:
-    """Lower-triangular L with L L^T = X^T X + ridge (the ridge grows until Cholesky succeeds)."""
+def whitening(moment: torch.Tensor, energy: float) -> torch.Tensor:
+    """Lower-triangular L with L L^T = moment + ridge (the ridge, a share of the inputs' mean
+    energy `energy`, grows until Cholesky succeeds: inputs that never vary leave only rounding)."""
     eye = torch.eye(len(moment), dtype=moment.dtype)
-    scale = max(float(moment.diagonal().mean()), 1e-12)
+    scale = max(energy, float(moment.diagonal().mean()), 1e-12)
     for ridge in (RIDGE, 1e-3, 1e-2, 1e-1):
         factor, info = torch.linalg.cholesky_ex(moment + ridge * scale * eye)
         if info == 0:
@@ -82,10 +87,11 @@ def factors(weight: torch.Tensor, rank: int, white: torch.Tensor | None):
     return root[:, None] * first, u[:, :rank] * root[None, :], s
 
 
-def two_layers(layer: nn.Module, first: torch.Tensor, second: torch.Tensor) -> nn.Sequential:
+def two_layers(layer: nn.Module, first: torch.Tensor, second: torch.Tensor,
+               shift: torch.Tensor | None = None) -> nn.Sequential:
     """The layer itself with `rank` outputs and no bias (a copy: its own forward, stride, padding),
-    then a Linear / 1x1 conv from `rank` to the layer's outputs with the layer's bias."""
-    rank, bias = first.shape[0], layer.bias is not None
+    then a Linear / 1x1 conv from `rank` to the layer's outputs with the layer's bias (+ `shift`)."""
+    rank, bias = first.shape[0], layer.bias is not None or shift is not None
     a = copy.deepcopy(layer)
     a.weight = nn.Parameter(first.float().reshape(rank, *layer.weight.shape[1:]))
     a.bias = None
@@ -98,7 +104,8 @@ def two_layers(layer: nn.Module, first: torch.Tensor, second: torch.Tensor) -> n
         b = nn.Conv2d(rank, layer.out_channels, 1, bias=bias)
         b.weight.data = second.float()[:, :, None, None]
     if bias:
-        b.bias.data = layer.bias.detach().clone()
+        b.bias.data = (layer.bias.detach().clone() if layer.bias is not None else torch.zeros(len(second))) + (
+            0 if shift is None else shift.float())
     return nn.Sequential(a, b)
 
 
@@ -112,14 +119,18 @@ def low_rank(model: nn.Module, config: LowRank, context: CompressContext):
     for name, (parent, attribute, layer) in layers.items():
         weight = layer.weight.detach().reshape(layer.weight.shape[0], -1).double()
         out_dim, in_dim = weight.shape
-        white = whitening(moments[name]) if aware else None
+        covariance = moments[name].covariance() if aware else None
+        white = whitening(covariance, moments[name].energy) if aware else None
         first, second, singular = factors(weight, min(out_dim, in_dim), white)
-        output_energy = float(torch.einsum("oi,ij,oj->", weight, moments[name], weight)) if aware else None
+        output_energy = float(torch.einsum("oi,ij,oj->", weight, covariance, weight)) if aware else None
         rank = choose_rank(singular, rule, value, output_energy)
         if rank * (out_dim + in_dim) >= out_dim * in_dim:
             kept[name] = {"rank_needed": rank, "full_rank": len(singular)}  # factorising would not save parameters
             continue
-        setattr(parent, attribute, two_layers(layer, first[:rank], second[:, :rank]))
+        first, second = first[:rank], second[:, :rank]
+        # the error the inputs' mean causes is the same for every input: the bias takes it back
+        shift = (weight - second @ first) @ moments[name].mean if aware else None
+        setattr(parent, attribute, two_layers(layer, first, second, shift))
         row = {"rank": rank, "full_rank": len(singular),
                "params": [out_dim * in_dim, rank * (out_dim + in_dim)]}
         if aware:  # the output error this layer adds on calibration inputs, relative (an upper bound)
