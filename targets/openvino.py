@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, field_validator
 
-from edgeport.errors import ConfigError, ExportError, require
+from edgeport.errors import ConfigError, EdgeportError, ExportError, require
 from edgeport.targets.base import (
     AwareLoop, AwareOptions, QuantizeRequest, SearchAxes, SourceModel, Target, TargetOptions, declared_tensor,
     keep_sensitive_in_float, learned_scheme, median_ms, worst_sqnr_db,
@@ -36,6 +37,11 @@ class OpenVinoOptions(TargetOptions, AwareOptions):
         "auto", description="transformers only; auto builds both and keeps the one closer to fp32 on calibration data"
     )
     ignored_nodes: list[str] = Field(default_factory=list, description="nodes NNCF leaves in float (IR names)")
+    codebook: Literal["none", "cb4", "adaptive"] = Field("none", description=(
+        "fp16 artifact only: MatMul weights become 4-bit indices into 16 values (NNCF codebook compression; "
+        "adaptive learns the values per layer from calibration data, which keeps clustered weights)"))
+    codebook_backup: Literal["int8", "none"] = Field(
+        "int8", description="with codebook: what Convolution weights get (int8 per channel, or none: stay fp16)")
     hint: list[Literal["f32", "bf16", "default"]] = Field(
         ["f32"], description="INFERENCE_PRECISION_HINT(s) to benchmark; verification always runs f32"
     )
@@ -82,8 +88,36 @@ class OpenVinoTarget(Target):
             model = ov.convert_model(str(source.onnx_path))
         except Exception as e:  # noqa: BLE001 - the converter raises its own OpConversionFailure and friends
             raise ExportError(f"openvino could not convert {source.onnx_path.name}: {str(e).splitlines()[0]}") from e
+        if precision == "fp16" and options.codebook != "none":
+            return self.codebook_export(ov, model, source, out_dir, options, calibration)
         ov.save_model(model, str(out_dir / "model.xml"), compress_to_fp16=(precision == "fp16"))
         return self.new_artifact(precision, "openvino-ir", ["model.xml", "model.bin"], source)
+
+    def codebook_export(self, ov, model, source: SourceModel, out_dir: Path, options: OpenVinoOptions,
+                        calibration: CalibrationSet | None) -> Artifact:
+        from edgeport.targets.openvino_codebook import codebook_compress
+
+        float_ir = out_dir / "uncompressed" / "model.xml"
+        float_ir.parent.mkdir()
+        ov.save_model(model, str(float_ir), compress_to_fp16=False)
+        samples = list(calibration.samples()) if options.codebook == "adaptive" and calibration is not None else None
+        try:
+            record = codebook_compress(float_ir, out_dir / "model.xml", options.codebook, options.codebook_backup,
+                                       samples=samples, compress_to_fp16=True)
+        except EdgeportError:
+            raise
+        except Exception as e:  # noqa: BLE001 - nncf raises many kinds; name the step and keep the cause
+            raise ExportError(f"nncf codebook compression failed: {str(e).splitlines()[0]}") from e
+        shutil.rmtree(float_ir.parent)
+        return self.new_artifact("fp16", "openvino-ir", ["model.xml", "model.bin"], source, options={"codebook": record})
+
+    def cache_extras(self, precision: str, options: OpenVinoOptions, calibration: CalibrationSet) -> dict:
+        # the adaptive codebook is estimated from calibration data
+        return {"calibration": calibration.digest} if precision == "fp16" and options.codebook == "adaptive" else {}
+
+    def bundle_extras(self, artifact: Artifact, manifest: dict, folder: Path) -> None:
+        if "codebook" in artifact.options:  # which weights are codebook indices, which int8, and the sizes
+            manifest["codebook"] = artifact.options["codebook"]
 
     def quantize(self, source: SourceModel, float_artifact: Artifact, request: QuantizeRequest, precision: str,
                  out_dir: Path, options: OpenVinoOptions) -> Artifact:
@@ -253,8 +287,10 @@ class OpenVinoTarget(Target):
 
         ops = model.get_ops()
         constants = {op.get_element_type().get_type_name() for op in ops if op.get_type_name() == "Constant"}
-        numerics = "int8" if any(op.get_type_name() == "FakeQuantize" for op in ops) or constants & {"i8", "u8"} else (
-            "float16" if "f16" in constants else "float32")
+        codebook = any(op.get_friendly_name().endswith("_nncf_codebook_idxs") for op in ops)
+        # a codebook model computes in float: its 4-bit and int8 weights decompress to fp16
+        numerics = "int8" if any(op.get_type_name() == "FakeQuantize" for op in ops) or (
+            constants & {"i8", "u8"} and not codebook) else ("float16" if "f16" in constants or codebook else "float32")
         return {"inputs": [tensor(p) for p in model.inputs], "outputs": [tensor(p) for p in model.outputs],
                 "numerics": numerics}
 

@@ -9,7 +9,7 @@ float with backup = "none"). So an MLP is compressed whole, a CNN only in its cl
 (EfficientNet-Lite0: the 1280x1000 head, 28% of the weights; the digits CNN: 27%). The Torch, TorchFX
 and ONNX backends of NNCF refuse the codebook modes; it works on an OpenVINO IR only.
 
-A standalone function for the OpenVINO target to call on an exported IR.
+The OpenVINO target applies it to its fp16 artifact when `codebook` is set in `[targets.openvino]`.
 """
 
 from __future__ import annotations
@@ -23,12 +23,13 @@ BACKUPS = ("int8", "none")
 
 
 def codebook_compress(ir_path: Path, out_path: Path, mode: str = "cb4", backup: str = "int8", group_size: int = -1,
-                      samples: list | None = None) -> dict:
+                      samples: list | None = None, compress_to_fp16: bool = False) -> dict:
     """Compress the IR at `ir_path` (model.xml) into `out_path` (.xml, its .bin beside it). `mode`:
     cb4 (NNCF's fixed 16 f8e4m3 values) or adaptive (a codebook estimated per layer from the weights
     and `samples`, a list of model inputs); `backup`: what Convolutions get (int8 | none = keep
     float). group_size: input channels sharing a scale (-1 = one per output channel; a MatMul whose
-    inputs it does not divide gets the largest divisor >= 32, else the backup). Returns which weights
+    inputs it does not divide gets the largest divisor >= 32, else the backup). compress_to_fp16:
+    the weights left in float are stored as fp16. Returns which weights
     got the codebook, which int8, and the .bin's size raw and zipped."""
     if mode not in MODES:
         raise ConfigError(f"codebook mode {mode!r}: choose one of {', '.join(MODES)}")
@@ -51,7 +52,7 @@ def codebook_compress(ir_path: Path, out_path: Path, mode: str = "cb4", backup: 
     )
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    ov.save_model(compressed, str(out_path), compress_to_fp16=False)
+    ov.save_model(compressed, str(out_path), compress_to_fp16=compress_to_fp16)
     from edgeport.pipeline.compress.measure import zip_bytes
 
     binary = out_path.with_suffix(".bin")
