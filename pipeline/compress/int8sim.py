@@ -7,6 +7,8 @@ symmetric, integers in [-127, 127], scale max|w_c| / 127. Activations are per-te
 
 from __future__ import annotations
 
+import collections
+
 import torch
 from torch import nn
 
@@ -39,7 +41,9 @@ def fake_quant_input(x: torch.Tensor) -> torch.Tensor:
     return (torch.clamp(torch.round(x / scale) + zero, 0, 255) - zero) * scale
 
 
-def trace(model: nn.Module) -> torch.fx.GraphModule:
+def trace(model: nn.Module, step: str = "int8 preparation",
+          advice: str = "fold BatchNorm yourself and use bias-correction or adaround, which need no graph"
+          ) -> torch.fx.GraphModule:
     """An fx graph of the model with every conv/linear (subclasses too) a single node."""
     from edgeport.errors import ConfigError
 
@@ -50,9 +54,8 @@ def trace(model: nn.Module) -> torch.fx.GraphModule:
     try:
         return torch.fx.GraphModule(model, Tracer().trace(model))
     except Exception as e:  # noqa: BLE001 - any tracing failure means the same to the user
-        raise ConfigError(f"int8 preparation needs the model's graph, and torch.fx cannot trace it "
-                          f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
-                          "fold BatchNorm yourself and use bias-correction or adaround, which need no graph") from e
+        raise ConfigError(f"{step} needs the model's graph, and torch.fx cannot trace it "
+                          f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); {advice}") from e
 
 
 def module_node(graph: torch.fx.GraphModule, node: torch.fx.Node, kinds) -> nn.Module | None:
@@ -63,19 +66,22 @@ def module_node(graph: torch.fx.GraphModule, node: torch.fx.Node, kinds) -> nn.M
 
 
 @torch.no_grad()
-def fold_batchnorm(model: nn.Module) -> list[str]:
+def fold_batchnorm(model: nn.Module, step: str = "int8 preparation") -> list[str]:
     """Fold every BatchNorm that is a conv's only reader into that conv (which gains a bias) and
     replace it by Identity, in place, as runtimes do before they quantize weights. Returns the
     folded norms' names. A model without BatchNorm is not traced."""
     if not any(isinstance(m, NORMS) for m in model.modules()):
         return []
-    graph = trace(model)
+    graph = trace(model, step)
+    calls = collections.Counter(n.target for n in graph.graph.nodes if n.op == "call_module")
     folded = []
     for node in graph.graph.nodes:
         norm = module_node(graph, node, NORMS)
         source = node.args[0] if norm is not None else None
         conv = module_node(graph, source, (nn.Conv1d, nn.Conv2d)) if isinstance(source, torch.fx.Node) else None
-        if conv is None or len(source.users) != 1 or not norm.track_running_stats:
+        # a norm or conv the forward calls twice is shared: folding would change its other use
+        if (conv is None or len(source.users) != 1 or not norm.track_running_stats
+                or calls[node.target] != 1 or calls[source.target] != 1):
             continue
         gain = (norm.weight if norm.affine else 1) / torch.sqrt(norm.running_var + norm.eps)
         conv.weight.mul_(gain.reshape(-1, *[1] * (conv.weight.dim() - 1)))

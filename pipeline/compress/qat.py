@@ -44,11 +44,7 @@ def simulate(model: nn.Module, context: CompressContext) -> torch.fx.GraphModule
     if other:
         raise ConfigError(f"qat: input(s) {', '.join(other)} are not float; quantization-aware training simulates "
                           "int8 activations from float inputs (CNNs): remove the qat step for this model")
-    try:
-        sim = build_sim(model)
-    except Exception as e:  # noqa: BLE001 - torch.fx raises many kinds on code it cannot trace
-        raise ConfigError(f"qat: torch.fx cannot trace the model ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
-                          "quantization-aware training needs a traceable model: remove the qat step") from e
+    sim = build_sim(model)  # one ConfigError line if torch.fx cannot trace it
     if not weight_quants(sim):
         raise ConfigError("qat: the model has no Conv2d or Linear layer to quantize")
     for p in sim.parameters():  # a loaded model may come frozen

@@ -19,7 +19,6 @@ Scheme (what ORT's quantize_static(QDQ, per_channel, U8 activations, S8 weights)
 
 from __future__ import annotations
 
-import collections
 import copy
 import operator
 import warnings
@@ -32,6 +31,8 @@ from onnx import numpy_helper
 from torch import nn
 
 import torch.ao.quantization.fx._decomposed  # noqa: F401  registers torch.ops.quantized_decomposed
+
+from edgeport.pipeline.compress.int8sim import fold_batchnorm, trace
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
 ACTIVATION_FUNCTIONS = (F.relu, F.relu6, F.hardtanh, torch.relu)
@@ -130,42 +131,21 @@ class QConv(nn.Module):
         return F.conv2d(x, w, m.bias, m.stride, m.padding, m.dilation, m.groups)
 
 
-class LeafConvTracer(torch.fx.Tracer):
-    """Keeps every Conv2d subclass (e.g. a padding + conv module) one leaf."""
-
-    def is_leaf_module(self, m, qualname):
-        return isinstance(m, (nn.Conv2d, nn.Linear)) or super().is_leaf_module(m, qualname)
-
-
-def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
-    """conv <- bn(conv(x)) in place."""
-    with torch.no_grad():
-        g = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        conv.weight.mul_(g.reshape(-1, 1, 1, 1))
-        b = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-        conv.bias = nn.Parameter((b - bn.running_mean) * g + bn.bias)
-
-
 def fold_bn(model: nn.Module) -> torch.fx.GraphModule:
-    """A traced copy of `model` in which every BatchNorm2d fed only by a Conv2d is folded into it."""
+    """A traced copy of `model` in which every BatchNorm fed only by a conv is folded into it (the
+    names in `folded_bn`: float_module() makes them Identity in the user's model)."""
+    advice = "quantization-aware training needs a traceable model: remove the qat step"
     model = copy.deepcopy(model).eval()
-    gm = torch.fx.GraphModule(model, LeafConvTracer().trace(model))
-    mods = dict(gm.named_modules())
-    calls = collections.Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
-    gm.folded_bn = []  # their names: float_module() makes them Identity in the user's model
-    for node in list(gm.graph.nodes):
-        if node.op != "call_module" or not isinstance(mods.get(node.target), nn.BatchNorm2d) or calls[node.target] != 1:
-            continue
-        src = node.args[0]
-        if src.op != "call_module" or not isinstance(mods.get(src.target), nn.Conv2d) or len(src.users) != 1:
-            continue
-        fold_conv_bn(mods[src.target], mods[node.target])
-        node.replace_all_uses_with(src)
-        gm.graph.erase_node(node)
-        gm.folded_bn.append(node.target)
+    folded = fold_batchnorm(model, "qat")
+    gm = trace(model, "qat", advice)
+    for node in list(gm.graph.nodes):  # the folded norms, now Identity, leave the graph
+        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.Identity):
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
     gm.recompile()
+    gm.folded_bn = folded
     return gm.eval()
 
 
@@ -176,7 +156,7 @@ def quantizable(mod: nn.Module) -> bool:
 
 def build_sim(model: nn.Module) -> torch.fx.GraphModule:
     """Fold BN, wrap every Conv2d/Linear in QConv, insert an ActQuant where ORT puts a QDQ pair.
-    Raises what torch.fx raises on a model it cannot trace."""
+    One ConfigError line on a model torch.fx cannot trace."""
     gm = fold_bn(model)
     for node in list(gm.graph.nodes):
         if node.op == "call_module" and quantizable(gm.get_submodule(node.target)):
