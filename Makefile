@@ -29,7 +29,7 @@ test-deps:
 	  echo "openssh-server is not installed (needs root): the SSH tests will be skipped"
 
 test: setup test-deps
-	$(BIN)/python -m pytest -q -m "not pi_emulated"
+	$(BIN)/python -m pytest -q -m "not pi_emulated" --durations=12
 
 # An emulated Raspberry Pi (aarch64 Debian under qemu-user, ~5 min to build the first time, then
 # cached in ~/.cache/edgeport/emulated-pi) reached over SSH; needs root.
