@@ -132,8 +132,7 @@ def test_learned_ranges_past_relu6_still_let_onnx_runtime_run_every_conv_in_int8
     assert len(drifted) == 2
     for a in drifted:
         a.set_range(-0.05, 6.02)  # what training leaves: a little below 0 and past 6
-    with torch.no_grad():
-        freeze(sim)
+    freeze(sim)
     path = tmp_path / "learned.qdq.onnx"
     export_qdq(sim, path, (x[:1],), [True], ["x"], ["y"], 17)
     options = ort.SessionOptions()

@@ -239,7 +239,6 @@ def calibrate(sim: nn.Module, batches) -> None:
     set_enabled(sim, True)
 
 
-@torch.no_grad()
 def activation_bounds(gm: torch.fx.GraphModule, node: torch.fx.Node) -> tuple[float, float | None] | None:
     """(floor, ceiling) that a ReLU / ReLU6 / Hardtanh node clips its output to."""
     if node.op == "call_module":
@@ -267,11 +266,11 @@ def fit_to_activation(a: ActQuant) -> None:
     scale, _ = a.qparams()
     if a.clips[1] is not None:
         scale = min(scale, a.clips[1] / (a.qmax - a.qmin))
-    with torch.no_grad():
-        a.log_scale.fill_(float(np.log(scale)))
-        a.zero.fill_(float(a.qmin))
+    a.log_scale.fill_(float(np.log(scale)))
+    a.zero.fill_(float(a.qmin))
 
 
+@torch.no_grad()
 def freeze(sim: nn.Module) -> None:
     """Snap every weight onto its int8 grid, widen a channel's scale where its bias would not fit
     int32 at scale s_in * s_w (ORT's rule), and fix every activation's (scale, zero point)."""
