@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,10 +123,9 @@ def svd_with_ranks(ranks: dict[str, int]) -> torch.nn.Module:
         parent, _, attribute = name.rpartition(".")
         layer = model.get_submodule(name)
         first, second, _ = lowrank.factors(layer.weight.detach().flatten(1).double(), rank, None)
-        setattr(model.get_submodule(parent), attribute, lowrank.two_layers(layer, first[:rank], second[:, :rank]))
+        setattr(model.get_submodule(parent), attribute, lowrank.two_layers(layer, first, second))
     return model.eval()
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=4)
     main()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Literal
 
@@ -94,6 +96,20 @@ class FileRecord(BaseModel):
     size_bytes: int = 0
 
 
+def deflated(*members: bytes) -> int:
+    """Bytes of `members` in one zip archive (deflate, level 9): what a download or an app store ships."""
+    packed = io.BytesIO()
+    with zipfile.ZipFile(packed, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+        for i, data in enumerate(members):
+            z.writestr(str(i), data)
+    return len(packed.getvalue())
+
+
+def zip_bytes(*paths: Path) -> int:
+    """Zip-deflated size of a model's files (clustered or sparse weights shrink it; raw size does not show it)."""
+    return deflated(*(Path(p).read_bytes() for p in paths))
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -109,10 +125,10 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-
 def artifact_name(target: str, precision: str, variant: str | None, sep: str = "/") -> str:
     """target/precision[/variant], how artifacts are labelled; with sep "-", their run folder's name."""
     return sep.join(filter(None, [target, precision, variant]))
+
 
 class Artifact(BaseModel):
     """What an export or quantize step wrote, saved as artifact.json beside its files."""

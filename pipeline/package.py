@@ -139,7 +139,7 @@ def build_bundle(report: Report, entry: Entry, run_dir: Path, out: Path) -> Path
         "benchmarks": [b.model_dump(include={"device", "runtime", "runtime_version", "threads", "p50_ms", "p90_ms",
                                              "p99_ms", "device_facts", "options"}) for b in best.values()],
         "quantization": artifact.options.get("quantization"),
-        "zip_bytes": getattr(entry, "zip_bytes", None),  # the model files deflated into one zip
+        "zip_bytes": entry.zip_bytes,  # the model files deflated into one zip
         # what the [[compress]] steps did to the weights before export (e.g. clustered: they deflate smaller)
         "compression": [{"step": c["step"], "config": c["config"], "note": c["notes"].get("note")}
                         for c in report.compression],

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from edgeport.pipeline import report_html
 from edgeport.pipeline.plots import fmt, new_figure, save_figure, share
-from edgeport.types import write_text_atomic
+from edgeport.types import write_text_atomic, zip_bytes
 
 SCHEMA_VERSION = 1
 
@@ -28,8 +28,6 @@ def zipped_bytes(artifact) -> int:
 
 @functools.cache  # by content: table rows and report.json ask for the same artifacts
 def zip_files(files: tuple[tuple[Path, str], ...]) -> int:
-    from edgeport.pipeline.compress.measure import zip_bytes
-
     return zip_bytes(*(path for path, _ in files))
 
 

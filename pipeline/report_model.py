@@ -27,6 +27,7 @@ class Entry(BaseModel):
     converter: str | None = None
     format: str | None = None
     size_bytes: int | None = None
+    zip_bytes: int | None = None  # the model files deflated into one zip
     path: str | None = None  # the artifact folder, relative to the run folder
     files: list[dict] = Field(default_factory=list)
     inputs: list[TensorSpec] = Field(default_factory=list)

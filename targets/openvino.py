@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, field_validator
 
-from edgeport.errors import ConfigError, EdgeportError, ExportError, require
+from edgeport.errors import ConfigError, EdgeportError, ExportError, first_line, require
 from edgeport.targets.base import (
     AwareLoop, AwareOptions, QuantizeRequest, SearchAxes, SourceModel, Target, TargetOptions, declared_tensor,
     keep_sensitive_in_float, learned_scheme, median_ms, worst_sqnr_db,
 )
+from edgeport.targets.openvino_codebook import CODEBOOK_SUFFIX
 from edgeport.types import Artifact, CalibrationSet, sha256_file
 
 # Ops that mark an attention model, for which NNCF's transformer scheme keeps accuracy.
@@ -97,18 +97,14 @@ class OpenVinoTarget(Target):
                         calibration: CalibrationSet | None) -> Artifact:
         from edgeport.targets.openvino_codebook import codebook_compress
 
-        float_ir = out_dir / "uncompressed" / "model.xml"
-        float_ir.parent.mkdir()
-        ov.save_model(model, str(float_ir), compress_to_fp16=False)
-        samples = list(calibration.samples()) if options.codebook == "adaptive" and calibration is not None else None
+        samples = list(calibration.samples()) if options.codebook == "adaptive" else None
         try:
-            record = codebook_compress(float_ir, out_dir / "model.xml", options.codebook, options.codebook_backup,
-                                       samples=samples, compress_to_fp16=True)
+            record = codebook_compress(model, out_dir / "model.xml", options.codebook, options.codebook_backup, samples)
         except EdgeportError:
             raise
         except Exception as e:  # noqa: BLE001 - nncf raises many kinds; name the step and keep the cause
-            raise ExportError(f"nncf codebook compression failed: {str(e).splitlines()[0]}") from e
-        shutil.rmtree(float_ir.parent)
+            hint = "; codebook = \"cb4\" needs no data" if options.codebook == "adaptive" else ""
+            raise ExportError(f"nncf codebook compression failed ({type(e).__name__}: {first_line(e)}){hint}") from e
         return self.new_artifact("fp16", "openvino-ir", ["model.xml", "model.bin"], source, options={"codebook": record})
 
     def cache_extras(self, precision: str, options: OpenVinoOptions, calibration: CalibrationSet) -> dict:
@@ -287,7 +283,7 @@ class OpenVinoTarget(Target):
 
         ops = model.get_ops()
         constants = {op.get_element_type().get_type_name() for op in ops if op.get_type_name() == "Constant"}
-        codebook = any(op.get_friendly_name().endswith("_nncf_codebook_idxs") for op in ops)
+        codebook = any(op.get_friendly_name().endswith(CODEBOOK_SUFFIX) for op in ops)
         # a codebook model computes in float: its 4-bit and int8 weights decompress to fp16
         numerics = "int8" if any(op.get_type_name() == "FakeQuantize" for op in ops) or (
             constants & {"i8", "u8"} and not codebook) else ("float16" if "f16" in constants or codebook else "float32")

@@ -16,60 +16,47 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgeport.errors import ConfigError, require
+from edgeport.errors import require
+from edgeport.types import zip_bytes
 
-MODES = ("cb4", "adaptive")
-BACKUPS = ("int8", "none")
-
-
-def codebook_compress(ir_path: Path, out_path: Path, mode: str = "cb4", backup: str = "int8", group_size: int = -1,
-                      samples: list | None = None, compress_to_fp16: bool = False) -> dict:
-    """Compress the IR at `ir_path` (model.xml) into `out_path` (.xml, its .bin beside it). `mode`:
-    cb4 (NNCF's fixed 16 f8e4m3 values) or adaptive (a codebook estimated per layer from the weights
-    and `samples`, a list of model inputs); `backup`: what Convolutions get (int8 | none = keep
-    float). group_size: input channels sharing a scale (-1 = one per output channel; a MatMul whose
-    inputs it does not divide gets the largest divisor >= 32, else the backup). compress_to_fp16:
-    the weights left in float are stored as fp16. Returns which weights
-    got the codebook, which int8, and the .bin's size raw and zipped."""
-    if mode not in MODES:
-        raise ConfigError(f"codebook mode {mode!r}: choose one of {', '.join(MODES)}")
-    if backup not in BACKUPS:
-        raise ConfigError(f"codebook backup {backup!r}: choose one of {', '.join(BACKUPS)}")
-    if mode == "adaptive" and not samples:
-        raise ConfigError("codebook mode \"adaptive\" estimates the codebook from activations: give samples")
-    ov = require("openvino", "openvino")
+def codebook_compress(model, out_path: Path, mode: str, backup: str, samples: list | None = None) -> dict:
+    """Compress the OpenVINO `model` and save it to `out_path` (.xml, its .bin beside it; the weights
+    left in float as fp16). `mode`: cb4 (NNCF's fixed 16 f8e4m3 values) or adaptive (a codebook
+    estimated per layer from the weights and `samples`, a list of model inputs); `backup`: what
+    Convolutions get (int8 | none = keep float). One scale per output channel (a MatMul whose inputs
+    it does not suit gets the backup). Returns which weights got the codebook, which int8, and the
+    .bin's size raw and zipped."""
     nncf = require("nncf", "openvino")
+    import openvino as ov
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
-    model = ov.Core().read_model(str(ir_path))
     compressed = nncf.compress_weights(
         model,
         mode=nncf.CompressWeightsMode.CB4 if mode == "cb4" else nncf.CompressWeightsMode.ADAPTIVE_CODEBOOK,
-        all_layers=True, group_size=group_size, ratio=1.0,
+        all_layers=True, group_size=-1, ratio=1.0,
         backup_mode=nncf.BackupMode.INT8_ASYM if backup == "int8" else nncf.BackupMode.NONE,
         dataset=nncf.Dataset(samples) if samples else None,
         advanced_parameters=AdvancedCompressionParameters(group_size_fallback_mode=GroupSizeFallbackMode.ADJUST),
     )
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    ov.save_model(compressed, str(out_path), compress_to_fp16=compress_to_fp16)
-    from edgeport.pipeline.compress.measure import zip_bytes
-
+    ov.save_model(compressed, str(out_path), compress_to_fp16=True)
     binary = out_path.with_suffix(".bin")
     return {"mode": mode, "backup": backup, **weight_formats(compressed),
             "bin_bytes": binary.stat().st_size, "bin_zip_bytes": zip_bytes(binary)}
 
 
+CODEBOOK_SUFFIX = "_nncf_codebook_idxs"  # how NNCF names a weight's codebook indices
+
+
 def weight_formats(model) -> dict:
     """{"codebook_weights": [...], "int8_weights": [...]}: the weights stored as codebook indices
-    (NNCF names them `<weight>_nncf_codebook_idxs`) and those stored as 8-bit integers."""
+    and those stored as 8-bit integers."""
     codebook, backup = [], []
     for op in model.get_ordered_ops():
         if op.get_type_name() != "Constant":
             continue
         name = op.get_friendly_name()
-        if name.endswith("_nncf_codebook_idxs"):
-            codebook.append(name.removesuffix("_nncf_codebook_idxs"))
+        if name.endswith(CODEBOOK_SUFFIX):
+            codebook.append(name.removesuffix(CODEBOOK_SUFFIX))
         elif op.get_element_type().get_type_name() in ("u8", "i8") and not name.endswith("/zero_point"):
             backup.append(name)
     return {"codebook_weights": codebook, "int8_weights": backup}

@@ -174,7 +174,7 @@ def test_clustered_digits_example(tmp_path):
     deflates >= 3x smaller, its int8 file smaller than int8 alone, held-out accuracy within 1 point
     of fp32, and int8 quantization keeps every clustered weight exactly (<= 16 codes per layer)."""
     from edgeport import load_config, run
-    from edgeport.pipeline.compress.measure import zip_bytes
+    from edgeport.types import zip_bytes
     from tests.conftest import REPO
 
     def build(name: str, compress_steps: bool):

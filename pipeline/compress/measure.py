@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import io
-import zipfile
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+from edgeport.types import deflated
 
 
 def parameters(model: torch.nn.Module) -> int:
@@ -28,17 +28,3 @@ def sizes(model: torch.nn.Module) -> tuple[int, int]:
     torch.save(model.state_dict(), buffer)
     raw = buffer.getvalue()
     return len(raw), deflated(raw)
-
-
-def deflated(*members: bytes) -> int:
-    """Bytes of `members` in one zip archive (deflate, level 9): what a download or an app store ships."""
-    packed = io.BytesIO()
-    with zipfile.ZipFile(packed, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as z:
-        for i, data in enumerate(members):
-            z.writestr(str(i), data)
-    return len(packed.getvalue())
-
-
-def zip_bytes(*paths: Path) -> int:
-    """Zip-deflated size of a model's files (clustered or sparse weights shrink it; raw size does not show it)."""
-    return deflated(*(Path(p).read_bytes() for p in paths))

@@ -100,7 +100,7 @@ def qat(model: nn.Module, config: Qat, context: CompressContext):
     teacher = batched(context.teacher.eval(), tensors)
     variance = [t.float().var().clamp_min(1e-8) for t in teacher]
     scores = [context.outputs.index(n) for n in context.class_scores if n in context.outputs]
-    calibrate(sim, ([torch.from_numpy(np.ascontiguousarray(b[n])) for n in names] for b in context.calibration.batches(64)))
+    calibrate(sim, context.calibration_batches(64))
     reference = copy.deepcopy(sim)  # float activations at every quantizer, for the feature loss
     set_enabled(reference, False)
     features = (Features(sim), Features(reference)) if config.feature_weight > 0 else None
