@@ -62,15 +62,17 @@ def verify(config, artifacts, on_event=None):
 
 
 def bench(artifacts, devices=("local",), *, threads: int | None = None, iterations: int = 100,
-          min_seconds: float = 2.0, warmup: int = 10, hint: str | None = None, devices_dir=None, data=None):
-    """Time artifacts (folders or records) on devices, each in a fresh process, fed the held-out
-    samples of their run (or `data`, an .npz). Yields (Artifact, BenchResult) as each is measured."""
+          min_seconds: float = 2.0, warmup: int = 10, processes: int = 1, hint: str | None = None, devices_dir=None,
+          data=None):
+    """Time artifacts (folders or records) on devices, each in `processes` fresh processes (the
+    median one is reported), fed the held-out samples of their run (or `data`, an .npz). Yields
+    (Artifact, BenchResult) as each is measured."""
     from edgeport.pipeline.benchmark import BenchService, BenchSettings, bench_artifacts
 
     from edgeport.types import Artifact
 
     paths = [a.root if isinstance(a, Artifact) else Path(a) for a in artifacts]
-    service = BenchService(BenchSettings(iterations, min_seconds, warmup), threads,
+    service = BenchService(BenchSettings(iterations, min_seconds, warmup, processes), threads,
                            Path(devices_dir) if devices_dir else None)
     with service:
         yield from bench_artifacts(paths, list(devices), service, hint, Path(data) if data else None)

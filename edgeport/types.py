@@ -292,6 +292,7 @@ class BenchResult(BaseModel):
     p99_ms: float | None
     mean_ms: float
     std_ms: float
+    p50_per_process_ms: list[float | None] = Field(default_factory=list)  # [bench] processes > 1: each one's p50
     throughput_per_s: float
     load_ms: float
     first_ms: float

@@ -31,10 +31,11 @@ class BenchSettings:
     iterations: int = 100  # at least this many timed runs ...
     min_seconds: float = 2.0  # ... and at least this long, after warm-up
     warmup: int = 10
+    processes: int = 1  # fresh processes per measurement; the one with the median p50 is reported
 
     def request(self, threads: int) -> dict:
         return {"iterations": self.iterations, "min_seconds": self.min_seconds, "warmup": self.warmup,
-                "threads": threads}
+                "threads": threads, "processes": self.processes}
 
 
 @dataclass
@@ -50,7 +51,7 @@ class BenchService:
         """The service a run config describes ([bench], [devices] dir)."""
         b = config.bench
         folder = config.resolve_path(config.devices.dir) if config.devices.dir else None
-        return cls(BenchSettings(b.iterations, b.min_seconds, b.warmup), b.threads, folder)
+        return cls(BenchSettings(b.iterations, b.min_seconds, b.warmup, b.processes), b.threads, folder)
 
     def profile(self, name: str) -> DeviceProfile:
         """A device profile, read once per service (profiles do not change during a run)."""
@@ -94,7 +95,8 @@ class BenchService:
         device, runtime = self.device(profile), target.device_runtime()
         # raw input files for a phone's native benchmark tool: only a phone without Python uses them
         phone = target.phone_inputs(artifact, samples) if uses_phone_tool(device, runtime) else None
-        return measure(device, artifact, runtime, request, samples, verify_inputs, phone)
+        return self.median_process(lambda first: measure(device, artifact, runtime, request, samples,
+                                                         verify_inputs if first else None, phone))
 
     def torch_eager(self, model: dict, base_dir: Path, samples: Path, count: int) -> dict:
         """PyTorch eager on this machine, in a fresh process, the same harness and thread rule."""
@@ -102,7 +104,23 @@ class BenchService:
 
         request = {"model": model, "base_dir": str(base_dir), "samples": str(samples), "count": count,
                    **self.request(self.profile("local"))}
-        return local.run_json([sys.executable, "-m", "edgeport.pipeline.torch_bench"], request, 600)
+        return self.median_process(
+            lambda first: local.run_json([sys.executable, "-m", "edgeport.pipeline.torch_bench"], request, 600))
+
+    def median_process(self, run_once) -> dict:
+        """`processes` measurements, each in a fresh process, and the one whose p50 is the median,
+        with every p50 listed: a virtual machine can place one process in a slow or a fast mode
+        for its whole life (an OpenVINO model here: 4.5 or 7.0 ms), so one process is not a figure
+        a re-measurement reproduces. `run_once(first)` gets True the first time only (a device's
+        outputs are checked once)."""
+        runs = [run_once(k == 0) for k in range(self.settings.processes)]
+        outputs = runs[0].pop("verify_outputs", None)
+        ranked = sorted(runs, key=lambda r: r["p50_ms"] if r["p50_ms"] is not None else r["mean_ms"])
+        chosen = dict(ranked[(len(ranked) - 1) // 2])
+        chosen["p50_per_process_ms"] = [r["p50_ms"] for r in runs]
+        if outputs is not None:
+            chosen["verify_outputs"] = outputs
+        return chosen
 
 
 def bench_artifacts(paths: list[Path], device_names: list[str], service: BenchService, hint: str | None,

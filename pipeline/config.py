@@ -151,6 +151,9 @@ class BenchConfig(Strict):
     iterations: int = Field(100, gt=0, description="at least this many timed runs")
     min_seconds: float = Field(2.0, ge=0, description="and at least this long")
     warmup: int = Field(10, ge=0)
+    processes: int = Field(1, ge=1, le=15, description=(
+        "time each artifact in this many fresh processes and report the median one: on a virtual machine one "
+        "process can run 1.5x slower or faster than the next for its whole life; 3 gives figures a re-run reproduces"))
     threads: int | None = Field(None, ge=0, description="inference threads on every device (0 = all its cores); "
                                 "default: each device profile's (local: every core). A [[bench.devices]] entry's "
                                 "threads win over this, and --threads over both files")
@@ -183,6 +186,9 @@ class SearchConfig(Strict):
                                 "range estimator minmax, histogram for entropy, mean_quantile for percentile)")
     accuracy_aware: list[bool] = Field([False, True], description="try int8 with the most sensitive layers in float")
     max_float_layers: int = Field(16, ge=1, description="accuracy-aware: at most this many layers kept in float")
+    accuracy_aware_from: Literal["closest", "every"] = Field("closest", description=(
+        "accuracy-aware: start from the plain int8 closest to the budget per target (closest), or from every "
+        "calibration method's (every: the same fallback several times over, minutes each on a real CNN)"))
     min_top1_agreement: float | None = Field(None, gt=0, le=1, description="budget: share of held-out samples whose "
                                              "top class matches PyTorch fp32's")
     max_accuracy_drop: float | None = Field(None, ge=0, description="budget: points of held-out accuracy below PyTorch")

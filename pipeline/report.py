@@ -211,6 +211,13 @@ def report_md(result, rows: list[dict]) -> str:
               "in a fresh process each, inputs bound once. OpenVINO rows use OpenVINO's own per-request clock "
               "(as benchmark_app reports); the others a wall clock around the runtime call, which includes a few "
               "microseconds of Python binding.", ""]
+    processes = result.config.bench.processes
+    if processes > 1:
+        spread = [(b.p50_per_process_ms, r.artifact.label) for r in result.artifacts for b in r.bench
+                  if len(b.p50_per_process_ms) > 1 and None not in b.p50_per_process_ms]
+        widest = max(spread, key=lambda s: max(s[0]) / min(s[0]), default=None)
+        lines += [f"Each row is the median of {processes} fresh processes' p50s" + (
+            f"; the widest spread was {widest[1]}'s, {' / '.join(f'{v:.4f}' for v in widest[0])} ms." if widest else "."), ""]
     for r in result.artifacts:
         if r.sensitivity:
             lines += ["", f"## int8 sensitivity: {r.label}", "",

@@ -255,6 +255,8 @@ class Search:
             plain = next((p for p in wave2 if (p.target, p.precision, p.method) == (c.target, c.precision, c.method)), None)
             if plain is not None and plain.status == "kept":
                 c.status, c.reason = "pruned", "plain int8 with this method already meets the budget"
+        if self.search.accuracy_aware_from == "closest":
+            self.prune_to_closest(wave2, [c for c in wave3 if c.status == "pending"])
         self.count()
         self.in_parallel(pool, self.prune_orphans([c for c in wave3 if c.status == "pending"], parents_ok))
 
@@ -275,6 +277,28 @@ class Search:
             if not parents_ok.get(c.target, True):
                 c.status, c.reason = "pruned", f"the {c.target} fp32 export failed verification"
         return [c for c in wave if c.status == "pending"]
+
+    def prune_to_closest(self, plain: list[Candidate], aware: list[Candidate]) -> None:
+        """One accuracy-aware fallback per target and precision: from the calibration method whose
+        plain int8 came closest to the budget. The layer ranking is the same for every method, so
+        the others would keep the same layers in float from a worse start."""
+        def shortfall(c: Candidate) -> float | None:
+            twin = next((p for p in plain if (p.target, p.precision, p.method) == (c.target, c.precision, c.method)
+                         and p.verify), None)
+            return judge(twin.verify, self.search.budget)[2] if twin else None
+
+        groups: dict[tuple, list[Candidate]] = {}
+        for c in aware:
+            if shortfall(c) is not None:
+                groups.setdefault((c.target, c.precision), []).append(c)
+        for group in groups.values():
+            best = min(group, key=shortfall)
+            for c in group:
+                if c is not best:
+                    c.status = "pruned"
+                    c.reason = (f"the fallback starts from the plain int8 closest to the budget ({best.method}, "
+                                f"{shortfall(best):.4g} short against {shortfall(c):.4g}); "
+                                "[search] accuracy_aware_from = \"every\" builds it too")
 
     def in_parallel(self, pool, wave: list[Candidate]) -> None:
         data = self.config.model_dump(mode="json", exclude_none=True)

@@ -56,21 +56,26 @@ class QuantizeRequest:
     learned: Path | None = None
 
     def shared_result(self, name: str, key: dict, compute):
-        """`compute()` once per `key` for every build that asks (JSON, written atomically)."""
+        """`compute()` once per `key` for every build that asks (JSON, written atomically). Builds
+        in parallel workers that ask at once wait for the first: two accuracy-aware candidates of
+        one target share one layer ranking, minutes on a real CNN."""
         if self.shared is None:
             return compute()
+        import fcntl
         import hashlib
         import json
 
         path = self.shared / f"{name}-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}.json"
-        if path.is_file():
-            return json.loads(path.read_text())
-        result = compute()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(result))
-        os.replace(tmp, path)
-        return result
+        with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+            if path.is_file():
+                return json.loads(path.read_text())
+            result = compute()
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(result))
+            os.replace(tmp, path)
+            return result
 
 
 # What an int8 artifact's options["quantization"]["ranges"] says when the model went through QAT.

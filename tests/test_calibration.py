@@ -124,7 +124,13 @@ def test_the_outlier_layer_is_ranked_first_and_kept_in_float(tmp_path):
     result = run(load_config(outlier_config(tmp_path, "onnxruntime", "plain")))
     int8 = result.artifacts[0]
     assert int8.sensitivity[0]["tensor"] == "relu" and int8.sensitivity[0]["op"] in ("Gemm", "Relu")
-    assert int8.sensitivity[0]["output_sqnr_db"] < int8.sensitivity[1]["output_sqnr_db"] - 20
+    activations = [r for r in int8.sensitivity if not r["op"].endswith(" weight")]
+    assert activations[0]["output_sqnr_db"] < activations[1]["output_sqnr_db"] - 20
+    # Weights are ranked too: fc2's column 7 is 1000x smaller than the rest of each row, so per-row
+    # int8 rounds it to zero, and that weight costs more than any other activation.
+    weights = {r["tensor"]: r for r in int8.sensitivity if r["op"] == "Gemm weight"}
+    assert len(weights) == 3 and int8.sensitivity[1] is weights[min(weights, key=lambda w: weights[w]["output_sqnr_db"])]
+    assert int8.sensitivity[1]["output_sqnr_db"] < activations[1]["output_sqnr_db"] - 10
     assert int8.verify.cosine < 0.9  # all-int8 is badly off
     out = CliRunner().invoke(app, ["calibrate", "report", str(result.run_dir)])
     assert out.exit_code == 0 and out.output.index("relu") < out.output.index("x ")
@@ -136,6 +142,31 @@ def test_the_outlier_layer_is_ranked_first_and_kept_in_float(tmp_path):
     assert record["float_tensors"] == ["relu"] and record["met"]
     assert record["size_bytes"] > record["size_bytes_all_int8"]  # what keeping it in float cost
     assert int8.verify.cosine >= 0.999  # on the held-out evaluation data, not the calibration data
+
+
+@pytest.mark.onnxruntime
+def test_a_conv_kept_in_float_stays_float_when_onnxruntime_loads_it(tmp_path, model_cache):
+    """ONNX Runtime's WeightBiasQuantization pass quantizes, per tensor and at load, the float
+    weights of a Conv whose input comes from a DequantizeLinear: the layer a fallback kept in float
+    ran as int8 after all (on EfficientNet-Lite0, worse than plain int8). The artifact must survive it."""
+    import onnx
+    import onnxruntime as ort
+
+    first = run(load_config(write_config(tmp_path, name="plain", targets=ORT_INT8)), until="export")
+    convs = [n.name for n in onnx.load(str(first.run_dir / "interchange" / "model.onnx")).graph.node if n.op_type == "Conv"]
+    kept = convs[1]  # its input is the first conv's int8 output
+    targets = f'{ORT_INT8}nodes_to_exclude = ["{kept}"]\n'
+    int8 = run(load_config(write_config(tmp_path, name="kept", targets=targets)), until="verify").artifacts[0]
+    assert int8.artifact.options["quantization"]["float_inputs_per_channel"] == [kept]
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(tmp_path / "as-loaded.onnx")
+    ort.InferenceSession(str(int8.artifact.main_file), options, providers=["CPUExecutionProvider"])
+    loaded = onnx.load(str(tmp_path / "as-loaded.onnx")).graph
+    (node,) = [n for n in loaded.node if n.name == kept]
+    floats = {t.name for t in loaded.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    assert node.input[1] in floats  # its weight as exported, not a per-tensor int8 copy ORT made
+    assert int8.verify.passed and int8.verify.accuracy > 0.95
 
 
 @pytest.mark.onnxruntime

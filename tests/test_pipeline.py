@@ -83,6 +83,22 @@ def test_bench_results_are_complete(finished):
     assert result.baseline_bench[0].runtime == "pytorch-eager"
 
 
+def test_bench_in_three_processes_reports_the_median_one(finished, tmp_path):
+    """A VM can run one process 1.5x slower than the next for its whole life: --processes 3 times
+    each artifact in three fresh processes and reports the one with the median p50."""
+    result, _ = finished
+    int8 = by_precision(result)["int8"].artifact.root
+    out = tmp_path / "bench.json"
+    code = CliRunner().invoke(app, ["bench", str(int8), "--processes", "3", "--iterations", "5", "--min-seconds", "0",
+                                    "--warmup", "1", "--threads", "1", "--out", str(out)])
+    assert code.exit_code == 0, code.output
+    (row,) = json.loads(out.read_text())
+    p50s = row["p50_per_process_ms"]
+    assert len(p50s) == 3 and len(set(p50s)) == 3  # three processes, three clocks
+    assert row["p50_ms"] == sorted(p50s)[1]
+    assert result.artifacts[0].bench[0].p50_per_process_ms == [result.artifacts[0].bench[0].p50_ms]  # default: one
+
+
 def test_report_json_follows_the_public_shape(finished):
     result, config = finished
     report = json.loads((config.run_dir / "report.json").read_text())

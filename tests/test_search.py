@@ -126,14 +126,20 @@ def test_accuracy_aware_candidates_are_built_where_plain_int8_misses(tmp_path):
     np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((400, 64)).astype(np.float32))
     config = write_config(tmp_path, model=OUTLIER_MODEL, data=GAUSSIAN, bench=BENCH,
                           targets='[targets.onnxruntime]\nprecisions = ["int8"]\n',
-                          body='[search]\nworkers = 1\nmin_cosine = 0.999\n')
+                          body='[search]\nworkers = 1\nmin_cosine = 0.999\ncalibration_methods = ["minmax", "percentile"]\n')
     result = tune(load_config(config))
     by_label = {c.label: c for c in result.candidates}
-    plain, aware = by_label["onnxruntime/int8/minmax"], by_label["onnxruntime/int8/minmax-aware"]
-    assert plain.status == "rejected" and plain.reason.startswith("output 'output': cosine ")
-    assert "outside min_cosine = 0.999" in plain.reason
-    assert not plain.verify["passed"] and plain.p50_ms is None  # failed verification: never benchmarked
+    plains = {m: by_label[f"onnxruntime/int8/{m}"] for m in ("minmax", "percentile")}
+    for plain in plains.values():
+        assert plain.status == "rejected" and plain.reason.startswith("output 'output': cosine ")
+        assert "outside min_cosine = 0.999" in plain.reason
+        assert not plain.verify["passed"] and plain.p50_ms is None  # failed verification: never benchmarked
+    # One fallback, from the method whose plain int8 came closer; the other is pruned, never built.
+    closer = max(plains, key=lambda m: plains[m].verify["cosine"])
+    other = next(m for m in plains if m != closer)
+    aware, pruned = by_label[f"onnxruntime/int8/{closer}-aware"], by_label[f"onnxruntime/int8/{other}-aware"]
     assert aware.status == "chosen" and aware.float_layers[0] == "relu" and aware.verify["cosine"] >= 0.999
+    assert pruned.status == "pruned" and f"closest to the budget ({closer}," in pruned.reason and pruned.path is None
 
 
 def test_an_agreement_budget_without_class_scores_stops_before_building(tmp_path):

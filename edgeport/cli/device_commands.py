@@ -37,6 +37,8 @@ def bench(
     iterations: Annotated[int, typer.Option(min=1, help="at least this many timed runs")] = 100,
     min_seconds: Annotated[float, typer.Option(min=0, help="and at least this long")] = 2.0,
     warmup: Annotated[int, typer.Option(min=0, help="untimed runs first")] = 10,
+    processes: Annotated[int, typer.Option(min=1, max=15, help="fresh processes per artifact; the median one is "
+                                           "reported (a VM can run one process 1.5x slower than the next)")] = 1,
     hint: Annotated[Hint, typer.Option(help="OpenVINO INFERENCE_PRECISION_HINT")] = Hint.f32,
     output: Annotated[Optional[Path], typer.Option("--out", help="results so far, rewritten after every measurement "
                                                    "[default: runs/bench/<UTC time>.json]", show_default=False)] = None,
@@ -62,7 +64,7 @@ def bench(
         with progress_listener(err, verbose, output.parent) as listener:
             listener(Event("progress", "bench", "artifacts", total=len(artifacts) * len(devices)))
             for a, b in edgeport.bench(artifacts, devices, threads=threads, iterations=iterations,
-                                       min_seconds=min_seconds, warmup=warmup, hint=hint.value,
+                                       min_seconds=min_seconds, warmup=warmup, processes=processes, hint=hint.value,
                                        devices_dir=devices_dir, data=data):
                 results.append((a, b))
                 write_text_atomic(output, json.dumps(bench_rows(results), indent=2))  # nothing lost
