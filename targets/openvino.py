@@ -351,9 +351,30 @@ def activation_quantizers(ov, quantized_path: Path) -> list[dict]:
     return found
 
 
+WEIGHTED_OPS = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul")
+
+
+def int8_weights(ov, quantized_path: Path) -> dict[str, np.ndarray]:
+    """Per op that computes with an int8 weight in NNCF's model (Constant int8 -> Convert ->
+    Multiply by the scales): that weight as it runs, dequantized."""
+    found = {}
+    for op in ov.Core().read_model(str(quantized_path)).get_ops():
+        scaled = op.input_value(1).get_node() if op.get_type_name() in WEIGHTED_OPS else None
+        if scaled is None or scaled.get_type_name() != "Multiply":
+            continue
+        convert, scale = (scaled.input_value(i).get_node() for i in (0, 1))
+        if convert.get_type_name() != "Convert" or scale.get_type_name() != "Constant":
+            continue
+        integers = convert.input_value(0).get_node()
+        if integers.get_type_name() == "Constant":
+            found[op.get_friendly_name()] = integers.get_data().astype(np.float32) * scale.get_data().astype(np.float32)
+    return found
+
+
 def layer_sensitivity(float_path: Path, quantized_path: Path, calibration: CalibrationSet) -> list[dict]:
     """For every activation NNCF quantized: the fp32 model's output SQNR with only that tensor
-    fake-quantized with NNCF's ranges. Worst first."""
+    fake-quantized with NNCF's ranges; and for every int8 weight, with only that weight as NNCF
+    stored it. Worst first."""
     ov = require("openvino", "openvino")
     import openvino.opset13 as ops
 
@@ -371,5 +392,14 @@ def layer_sensitivity(float_path: Path, quantized_path: Path, calibration: Calib
         for target in targets:
             target.replace_source_output(fake.output(0))
         results.append({"tensor": fq["producer"], "op": fq["op"], "nodes": consumers,
+                        "output_sqnr_db": worst_sqnr_db(reference, outputs_on(ov, model, calibration))})
+    for name, value in int8_weights(ov, quantized_path).items():
+        model = ov.Core().read_model(str(float_path))
+        op = next((o for o in model.get_ops() if o.get_friendly_name() == name), None)
+        weight = op.input_value(1).get_node() if op is not None else None
+        if weight is None or weight.get_type_name() != "Constant" or weight.get_data().size != value.size:
+            continue
+        op.input(1).replace_source_output(ops.constant(value.reshape(weight.get_data().shape)).output(0))
+        results.append({"tensor": f"{name} weight", "op": f"{op.get_type_name()} weight", "nodes": [name],
                         "output_sqnr_db": worst_sqnr_db(reference, outputs_on(ov, model, calibration))})
     return sorted(results, key=lambda r: r["output_sqnr_db"])
