@@ -33,6 +33,12 @@ class BenchSettings:
     warmup: int = 10
     processes: int = 1  # fresh processes per measurement; the one with the median p50 is reported
 
+    def __post_init__(self) -> None:
+        if self.processes < 1:
+            from edgeport.errors import ConfigError
+
+            raise ConfigError(f"processes = {self.processes}: at least one process must time an artifact")
+
     def request(self, threads: int) -> dict:
         return {"iterations": self.iterations, "min_seconds": self.min_seconds, "warmup": self.warmup,
                 "threads": threads, "processes": self.processes}

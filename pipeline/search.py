@@ -280,8 +280,9 @@ class Search:
 
     def prune_to_closest(self, plain: list[Candidate], aware: list[Candidate]) -> None:
         """One accuracy-aware fallback per target and precision: from the calibration method whose
-        plain int8 came closest to the budget. The layer ranking is the same for every method, so
-        the others would keep the same layers in float from a worse start."""
+        plain int8 came closest to the budget (none where a plain int8 meets it). The others would
+        keep much the same layers in float (ONNX Runtime ranks them once for every method) from a
+        worse start."""
         def shortfall(c: Candidate) -> float | None:
             twin = next((p for p in plain if (p.target, p.precision, p.method) == (c.target, c.precision, c.method)
                          and p.verify), None)
@@ -292,6 +293,12 @@ class Search:
             if shortfall(c) is not None:
                 groups.setdefault((c.target, c.precision), []).append(c)
         for group in groups.values():
+            met = next((p for p in plain if p.status == "kept" and (p.target, p.precision) == (group[0].target,
+                                                                                                group[0].precision)), None)
+            if met is not None:  # no fallback (float layers, slower, larger) can beat that int8
+                for c in group:
+                    c.status, c.reason = "pruned", f"plain int8 with {met.method} already meets the budget"
+                continue
             best = min(group, key=shortfall)
             for c in group:
                 if c is not best:

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgeport.errors import ConfigError
 from edgeport.metrics import Budget
 from edgeport.progress import report
-from edgeport.types import Artifact, CalibrationSet, DeviceRuntime, FileRecord, TensorSpec
+from edgeport.types import Artifact, CalibrationSet, DeviceRuntime, FileRecord, TensorSpec, write_text_atomic
 
 
 @dataclass
@@ -72,9 +72,7 @@ class QuantizeRequest:
             if path.is_file():
                 return json.loads(path.read_text())
             result = compute()
-            tmp = path.with_name(f".{path.name}.{os.getpid()}")
-            tmp.write_text(json.dumps(result))
-            os.replace(tmp, path)
+            write_text_atomic(path, json.dumps(result))
             return result
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,6 +17,8 @@ from edgeport.targets.base import (
     keep_sensitive_in_float, learned_scheme, median_ms, worst_sqnr_db,
 )
 from edgeport.types import Artifact, CalibrationSet
+
+log = logging.getLogger("edgeport")
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 CalibrationMethod = Literal["minmax", "entropy", "percentile"]
@@ -101,11 +104,12 @@ class OnnxRuntimeTarget(Target):
                 options: OnnxRuntimeOptions) -> list[dict]:
         """Layers ranked by their int8 cost, measured on a minmax-calibrated model: the same ranking
         for every calibration method, so a search computes it once per fp32 model (it is shared)."""
+        from edgeport.pipeline.stages import code_hash
         from edgeport.types import sha256_file
 
         reference = options.model_copy(update={"calibration_method": "minmax", "nodes_to_exclude": []})
         key = {"model": sha256_file(float_artifact.main_file), "calibration": request.calibration.digest,
-               "options": reference.without_budget()}
+               "options": reference.without_budget(), "code": code_hash(__name__)}
 
         def compute() -> list[dict]:
             with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
@@ -381,7 +385,10 @@ def keep_float_at_load(path: Path, nodes: list[str]) -> list[str]:
             continue
         scale = numpy_helper.to_array(consts[dq.input[1]])
         channels = input_channels(node, numpy_helper.to_array(consts[node.input[1]]))
-        if scale.size != 1 or channels is None:
+        if scale.size != 1 or channels is None or channels == 1:
+            if scale.size == 1:  # ORT reads a one-element scale as a scalar: this layer will run int8
+                log.warning("onnxruntime will quantize the weights of %s (kept in float) when it loads the model: "
+                            "its input has %s channel(s) along axis 1", node.name, channels or "unknown")
             continue
         zero = (numpy_helper.to_array(consts[dq.input[2]]) if len(dq.input) > 2 and dq.input[2] in consts
                 else np.zeros((), np.uint8))
@@ -536,7 +543,10 @@ def int8_weights(quant, consts: dict, producers: dict) -> dict[str, tuple[str, s
             shape = [1] * q.ndim
             shape[axis] = -1
             scale, zero = scale.reshape(shape), np.reshape(zero, shape) if np.ndim(zero) else zero
-        found[node.name] = (node.op_type, dq.input[0].removesuffix("_quantized"), (q - zero) * scale)
+        value = (q - zero) * scale
+        if f"{node.name}__smooth_scale" in consts:  # SmoothQuant scaled the rows up (smooth_matmuls): undo it
+            value = value * consts[f"{node.name}__smooth_scale"].astype(np.float32)[:, None]
+        found[node.name] = (node.op_type, dq.input[0].removesuffix("_quantized"), value)
     return found
 
 

@@ -196,12 +196,15 @@ class OpenVinoTarget(Target):
                 ignored[:] = given + nodes  # quantize() reads this list
                 ov.save_model(quantize(smooth), str(path), compress_to_fp16=False)
 
+            from edgeport.pipeline.stages import code_hash
+
             loop = AwareLoop(
                 reference=outputs_on(ov, ov.Core().read_model(str(float_artifact.main_file)), calibration),
                 current=lambda: outputs_on(ov, ov.Core().read_model(str(path)), calibration),
                 rank_layers=lambda: request.shared_result(
                     "openvino-ranking", {"model": sha256_file(float_artifact.main_file),
-                                         "calibration": calibration.digest, "options": options.without_budget()},
+                                         "calibration": calibration.digest, "options": options.without_budget(),
+                                         "code": code_hash(__name__)},
                     lambda: layer_sensitivity(float_artifact.main_file, path, calibration)), requantize=rebuild,
                 size=lambda: sum((out_dir / n).stat().st_size for n in ("model.xml", "model.bin")),
                 latency=lambda: latency_ms(ov, path, calibration), names=[o.name for o in float_artifact.outputs])
@@ -366,7 +369,8 @@ def int8_weights(ov, quantized_path: Path) -> dict[str, np.ndarray]:
         if convert.get_type_name() != "Convert" or scale.get_type_name() != "Constant":
             continue
         integers = convert.input_value(0).get_node()
-        if integers.get_type_name() == "Constant":
+        smoothed = "smooth_quant" in op.input_value(0).get_node().get_friendly_name()  # NNCF rescaled this weight
+        if integers.get_type_name() == "Constant" and not smoothed:
             found[op.get_friendly_name()] = integers.get_data().astype(np.float32) * scale.get_data().astype(np.float32)
     return found
 
@@ -397,7 +401,7 @@ def layer_sensitivity(float_path: Path, quantized_path: Path, calibration: Calib
         model = ov.Core().read_model(str(float_path))
         op = next((o for o in model.get_ops() if o.get_friendly_name() == name), None)
         weight = op.input_value(1).get_node() if op is not None else None
-        if weight is None or weight.get_type_name() != "Constant" or weight.get_data().size != value.size:
+        if weight is None or weight.get_type_name() != "Constant" or weight.get_data().shape != value.shape:
             continue
         op.input(1).replace_source_output(ops.constant(value.reshape(weight.get_data().shape)).output(0))
         results.append({"tensor": f"{name} weight", "op": f"{op.get_type_name()} weight", "nodes": [name],
