@@ -9,7 +9,7 @@ The thread rule: a `[[bench.devices]]` entry's `threads` > the command line's `-
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -121,12 +121,22 @@ class BenchService:
         outputs are checked once)."""
         runs = [run_once(k == 0) for k in range(self.settings.processes)]
         outputs = runs[0].pop("verify_outputs", None)
-        ranked = sorted(runs, key=lambda r: r["p50_ms"] if r["p50_ms"] is not None else r["mean_ms"])
-        chosen = dict(ranked[(len(ranked) - 1) // 2])
-        chosen["p50_per_process_ms"] = [r["p50_ms"] for r in runs]
+        chosen = median_run(runs)
         if outputs is not None:
             chosen["verify_outputs"] = outputs
         return chosen
+
+    def one_process(self) -> BenchService:
+        """This service timing in one process per measurement (its devices stay open and shared)."""
+        return replace(self, settings=replace(self.settings, processes=1))
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run (BenchResult fields) whose p50 is the median, listing every run's p50."""
+    ranked = sorted(runs, key=lambda r: r["p50_ms"] if r["p50_ms"] is not None else r["mean_ms"])
+    chosen = dict(ranked[(len(ranked) - 1) // 2])
+    chosen["p50_per_process_ms"] = [r["p50_ms"] for r in runs]
+    return chosen
 
 
 def bench_artifacts(paths: list[Path], device_names: list[str], service: BenchService, hint: str | None,

@@ -164,9 +164,10 @@ def bench_devices(config: RunConfig, service: BenchService) -> list[tuple[BenchD
 
 
 def bench_on(ws: Workspace, service: BenchService, entry: BenchDevice, profile, artifact: Artifact, options: dict,
-             data: DataSets, reference: Reference) -> BenchResult:
+             data: DataSets, reference: Reference, round_: int | None = None) -> BenchResult:
     """One cached benchmark of one artifact on one device with one runtime variant; devices other
-    than this machine also run held-out samples and are compared with PyTorch there."""
+    than this machine also run held-out samples and are compared with PyTorch there. `round_`
+    names one of several interleaved measurements (cached one by one)."""
     from edgeport.devices.local import RUNNER
 
     samples = 0 if profile.transport == "local" or not entry.verify else ws.config.bench.device_verify_samples
@@ -175,7 +176,7 @@ def bench_on(ws: Workspace, service: BenchService, entry: BenchDevice, profile, 
            "device": profile.model_dump(exclude={"description"}), "runner": sha256_file(RUNNER),
            "versions": ws.versions, "inputs": evaluation.digest, "verify": samples,
            "code": code_hash("edgeport.pipeline.benchmark", "edgeport.devices.remote",
-                             targets.info(artifact.target).path.split(":")[0])}
+                             targets.info(artifact.target).path.split(":")[0]), "round": round_}
 
     def compute() -> dict:
         inputs = {name: array[:samples] for name, array in evaluation.inputs.items()} if samples else None
@@ -188,7 +189,7 @@ def bench_on(ws: Workspace, service: BenchService, entry: BenchDevice, profile, 
                                               tolerance, reference.class_scores).summary()
         return result
 
-    suffix = f"-{options['hint']}" if "hint" in options else ""
+    suffix = (f"-{options['hint']}" if "hint" in options else "") + (f"-round{round_}" if round_ is not None else "")
     folder = f"bench/{profile.name}"
     try:
         result = ws.stages.record("bench", f"{folder}/{artifact.slug}{suffix}.json", key, compute)
@@ -230,14 +231,16 @@ def bench_artifact(ws: Workspace, service: BenchService, result: ArtifactResult,
     return measured
 
 
-def bench_baseline(ws: Workspace, service: BenchService, original: LoadedModel, data: DataSets) -> list[BenchResult]:
-    """PyTorch eager fp32 on this machine, through the same service (cached)."""
+def bench_baseline(ws: Workspace, service: BenchService, original: LoadedModel, data: DataSets,
+                   round_: int | None = None) -> list[BenchResult]:
+    """PyTorch eager fp32 on this machine, through the same service (cached; `round_` as in bench_on)."""
     from edgeport.devices import local
 
     request = service.request(service.profile("local"))
     key = {"model": original.digest, "settings": request, "versions": ws.versions, "runner": sha256_file(local.RUNNER),
-           "inputs": data.evaluation.digest, "code": code_hash("edgeport.pipeline.torch_bench")}
-    result = ws.stages.record("bench", "bench/local/pytorch-fp32.json", key, lambda: service.torch_eager(
+           "inputs": data.evaluation.digest, "code": code_hash("edgeport.pipeline.torch_bench"), "round": round_}
+    name = "pytorch-fp32" + (f"-round{round_}" if round_ is not None else "")
+    result = ws.stages.record("bench", f"bench/local/{name}.json", key, lambda: service.torch_eager(
         ws.config.model.model_dump(mode="json"), ws.config.base_dir, data.evaluation_file, BENCH_SAMPLES))
     return [BenchResult.model_validate(result)]
 

@@ -17,9 +17,10 @@ that prune what cannot succeed:
 3. accuracy-aware candidates, in parallel, only where the plain int8 model of the same target
    and method missed the budget (else the fallback would keep nothing in float);
 4. benchmarks, after every build has finished, one at a time per device (this machine last and
-   alone, so nothing else runs while it times): those within the budget compete; those outside
-   it are timed too, so the latency Pareto front shows what the budget costs. A candidate that
-   failed verification is never benchmarked.
+   alone, so nothing else runs while it times; with [bench] processes = N, in N interleaved rounds
+   of one process per candidate, the median round counting): those within the budget compete;
+   those outside it are timed too, so the latency Pareto front shows what the budget costs. A
+   candidate that failed verification is never benchmarked.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 
 from edgeport import targets
 from edgeport.errors import BudgetNotMetError, ConfigError
-from edgeport.pipeline.benchmark import BenchService
+from edgeport.pipeline.benchmark import BenchService, median_run
 from edgeport.pipeline.build import Planned, build, float_parent, precision_rank
 from edgeport.pipeline.config import BenchDevice, RunConfig, parse
 from edgeport.pipeline.run import ArtifactResult, RunResult, bench_baseline, bench_on, isolated, model_info, prepare
@@ -42,7 +43,7 @@ from edgeport.pipeline.verify import verify
 from edgeport.pipeline.workspace import Workspace
 from edgeport.targets.base import TargetOptions
 from edgeport.metrics import Budget
-from edgeport.types import Artifact, OutputMetrics, artifact_name
+from edgeport.types import Artifact, BenchResult, OutputMetrics, artifact_name
 
 
 @dataclass
@@ -350,31 +351,48 @@ class Search:
             ws, prepared = owner[c.label].ws, owner[c.label].prepared
             results[c.label].verify = verify(ws, results[c.label].artifact, prepared.reference, prepared.data)
 
-        def on_device(entry, profile) -> None:
+        def on_device(entry, profile, rounds: int = 1) -> None:
+            """Every candidate once per round, one process each, rounds interleaved; with several
+            rounds, each candidate's median round counts. A slow minute of a shared machine then
+            costs every candidate one round, not one candidate all of its processes."""
             measured = [c for c in timed if not profile.runtimes or results[c.label].artifact.target in profile.runtimes]
-            self.emit(Event("progress", "bench", profile.name, total=len(measured)))
-            for done, c in enumerate(measured, 1):
-                r = results[c.label]
-                target = targets.get(r.artifact.target)
-                options = target.runtime_variants(self.config.target_options(r.artifact.target))[0]
-                ws, prepared = owner[c.label].ws, owner[c.label].prepared
-                bench = bench_on(ws, self.service, entry, profile, r.artifact, options, prepared.data,
-                                 prepared.reference)
-                r.bench.append(bench)
+            service = self.service.one_process() if rounds > 1 else self.service
+            runs: dict[str, list] = {c.label: [] for c in measured}
+            self.emit(Event("progress", "bench", profile.name, total=len(measured) * rounds))
+            for k in range(rounds):
+                for done, c in enumerate(measured, 1):
+                    r = results[c.label]
+                    target = targets.get(r.artifact.target)
+                    options = target.runtime_variants(self.config.target_options(r.artifact.target))[0]
+                    ws, prepared = owner[c.label].ws, owner[c.label].prepared
+                    runs[c.label].append(bench_on(ws, service, entry, profile, r.artifact, options, prepared.data,
+                                                  prepared.reference, k if rounds > 1 else None))
+                    self.emit(Event("progress", "bench", profile.name, c.label, total=len(measured) * rounds,
+                                    done=k * len(measured) + done))
+                if rounds > 1 and self.config.bench.baseline:
+                    eager.extend(bench_baseline(first.ws, service, first.prepared.original, first.prepared.data, k))
+            for c in measured:
+                bench = runs[c.label][0] if rounds == 1 else BenchResult.model_validate(
+                    median_run([b.model_dump() for b in runs[c.label]]))
+                results[c.label].bench.append(bench)
                 if profile.name == self.search.device:
                     c.p50_ms = bench.p50_ms
-                self.emit(Event("progress", "bench", profile.name, c.label, total=len(measured), done=done))
 
         remote = [(e, p) for e, p in pairs if p.transport != "local"]
         if remote:
             with ThreadPoolExecutor(len(remote)) as threads:
                 for future in [threads.submit(on_device, e, p) for e, p in remote]:
                     future.result()
+        eager: list[BenchResult] = []
+        rounds = self.config.bench.processes
         for entry, profile in pairs:
             if profile.transport == "local":
-                on_device(entry, profile)
-        self.baseline = (bench_baseline(first.ws, self.service, first.prepared.original, first.prepared.data)
-                         if self.config.bench.baseline else [])
+                on_device(entry, profile, rounds)
+        if eager:  # timed in the rounds
+            self.baseline = [BenchResult.model_validate(median_run([b.model_dump() for b in eager]))]
+        else:
+            self.baseline = (bench_baseline(first.ws, self.service, first.prepared.original, first.prepared.data)
+                             if self.config.bench.baseline else [])
         return list(results.values())
 
     def choose(self, kept: list[Candidate]) -> Candidate | None:

@@ -21,9 +21,9 @@ cli = CliRunner()
 BENCH = "[bench]\niterations = 30\nmin_seconds = 0.0\nwarmup = 2\nthreads = 1\n"
 
 
-def digits_search(tmp_path, search: str, name: str = "tune", targets: str | None = None):
+def digits_search(tmp_path, search: str, name: str = "tune", targets: str | None = None, bench: str = BENCH):
     targets = targets or '[targets.onnxruntime]\nprecisions = ["fp32", "int8"]\n'
-    return write_config(tmp_path, f"[search]\nworkers = 2\n{search}", name=name, targets=targets, bench=BENCH)
+    return write_config(tmp_path, f"[search]\nworkers = 2\n{search}", name=name, targets=targets, bench=bench)
 
 
 def test_pareto_front_and_budget_verdicts():
@@ -63,7 +63,8 @@ def test_search_without_a_budget_is_one_line(tmp_path, model_cache):
 
 
 def test_tune_reports_every_candidate_packs_the_choice_and_reruns_from_cache(tmp_path, model_cache):
-    config = digits_search(tmp_path, 'calibration_methods = ["minmax", "percentile"]\nmin_top1_agreement = 0.99\n')
+    config = digits_search(tmp_path, 'calibration_methods = ["minmax", "percentile"]\nmin_top1_agreement = 0.99\n',
+                           bench=BENCH + "processes = 3\n")
     first = cli.invoke(app, ["tune", str(config)])
     assert first.exit_code == 0, first.output
     run_dir = tmp_path / "runs" / "tune"
@@ -78,6 +79,15 @@ def test_tune_reports_every_candidate_packs_the_choice_and_reruns_from_cache(tmp
     assert chosen["verify"]["top1_agreement"] >= 0.99 and chosen["status"] == "chosen"
     kept = [c for c in report["candidates"] if c["status"] in ("kept", "chosen")]
     assert chosen["p50_ms"] == min(c["p50_ms"] for c in kept)
+    # processes = 3: three rounds, every candidate and PyTorch once per round, in turn; the median round counts
+    rows = {(a["target"], a["precision"], a["variant"]): a for a in json.loads((run_dir / "report.json").read_text())["artifacts"]}
+    for c in kept:
+        (bench,) = rows[(c["target"], c["precision"], c["variant"])]["bench"]
+        assert len(bench["p50_per_process_ms"]) == 3 and bench["p50_ms"] == sorted(bench["p50_per_process_ms"])[1]
+    rounds = sorted(p.name for p in (run_dir / "bench" / "local").glob("*.json"))
+    assert rounds == sorted(f"{slug}-round{k}.json" for slug in ("onnxruntime-fp32", "onnxruntime-int8-minmax",
+                                                                  "onnxruntime-int8-percentile", "pytorch-fp32")
+                            for k in range(3))
     md = (run_dir / "report.md").read_text()
     assert "## Search" in md and all(label in md for label in verdicts)
     for png in ("pareto_latency.png", "pareto_size.png"):
