@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import dataclasses
 import statistics
 import sys
 import time
@@ -69,7 +68,7 @@ def measure_rows(config, run_dir: Path, rows: list[dict], rounds: int) -> dict:
     eager = {"p50s": []}
     samples = run_dir / "calibration" / "evaluation.npz"
     with BenchService.of(config) as service:
-        service.settings = dataclasses.replace(service.settings, processes=1)  # the rounds are the processes here
+        service = service.one_process()  # the rounds are the processes here
         local = service.profile("local")
         for row in rows:  # what each measurement needs, worked out once
             artifact = row["artifact"]

@@ -131,6 +131,11 @@ class BenchService:
         return replace(self, settings=replace(self.settings, processes=1))
 
 
+def median_result(results: list[BenchResult]) -> BenchResult:
+    """median_run over BenchResults (the interleaved rounds of `tune`)."""
+    return BenchResult.model_validate(median_run([r.model_dump() for r in results]))
+
+
 def median_run(runs: list[dict]) -> dict:
     """The run (BenchResult fields) whose p50 is the median, listing every run's p50."""
     ranked = sorted(runs, key=lambda r: r["p50_ms"] if r["p50_ms"] is not None else r["mean_ms"])

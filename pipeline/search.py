@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 
 from edgeport import targets
 from edgeport.errors import BudgetNotMetError, ConfigError
-from edgeport.pipeline.benchmark import BenchService, median_run
+from edgeport.pipeline.benchmark import BenchService, median_result
 from edgeport.pipeline.build import Planned, build, float_parent, precision_rank
 from edgeport.pipeline.config import BenchDevice, RunConfig, parse
 from edgeport.pipeline.run import ArtifactResult, RunResult, bench_baseline, bench_on, isolated, model_info, prepare
@@ -119,6 +119,12 @@ def plan(config: RunConfig, recipe: str = "none") -> list[Candidate]:
                         update |= {**search.budget.limits, "max_float_layers": search.max_float_layers}
                     found.append(Candidate(name, precision, method, aware, recipe, options.model_copy(update=update)))
     return found
+
+
+def plain_twin(aware: Candidate, plain: list[Candidate]) -> Candidate | None:
+    """The plain int8 candidate an accuracy-aware one starts from (same target, precision, method)."""
+    return next((p for p in plain if (p.target, p.precision, p.method) == (aware.target, aware.precision, aware.method)),
+                None)
 
 
 def judge(verify: dict, budget: Budget) -> tuple[bool, str, float]:
@@ -253,7 +259,7 @@ class Search:
         self.in_parallel(pool, self.prune_orphans(wave2, parents_ok))
         wave3 = [c for c in candidates if c.aware]
         for c in wave3:
-            plain = next((p for p in wave2 if (p.target, p.precision, p.method) == (c.target, c.precision, c.method)), None)
+            plain = plain_twin(c, wave2)
             if plain is not None and plain.status == "kept":
                 c.status, c.reason = "pruned", "plain int8 with this method already meets the budget"
         if self.search.accuracy_aware_from == "closest":
@@ -285,9 +291,8 @@ class Search:
         keep much the same layers in float (ONNX Runtime ranks them once for every method) from a
         worse start."""
         def shortfall(c: Candidate) -> float | None:
-            twin = next((p for p in plain if (p.target, p.precision, p.method) == (c.target, c.precision, c.method)
-                         and p.verify), None)
-            return judge(twin.verify, self.search.budget)[2] if twin else None
+            twin = plain_twin(c, plain)
+            return judge(twin.verify, self.search.budget)[2] if twin and twin.verify else None
 
         groups: dict[tuple, list[Candidate]] = {}
         for c in aware:
@@ -372,8 +377,7 @@ class Search:
                 if rounds > 1 and self.config.bench.baseline:
                     eager.extend(bench_baseline(first.ws, service, first.prepared.original, first.prepared.data, k))
             for c in measured:
-                bench = runs[c.label][0] if rounds == 1 else BenchResult.model_validate(
-                    median_run([b.model_dump() for b in runs[c.label]]))
+                bench = runs[c.label][0] if rounds == 1 else median_result(runs[c.label])
                 results[c.label].bench.append(bench)
                 if profile.name == self.search.device:
                     c.p50_ms = bench.p50_ms
@@ -389,7 +393,7 @@ class Search:
             if profile.transport == "local":
                 on_device(entry, profile, rounds)
         if eager:  # timed in the rounds
-            self.baseline = [BenchResult.model_validate(median_run([b.model_dump() for b in eager]))]
+            self.baseline = [median_result(eager)]
         else:
             self.baseline = (bench_baseline(first.ws, self.service, first.prepared.original, first.prepared.data)
                              if self.config.bench.baseline else [])
