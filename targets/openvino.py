@@ -33,6 +33,10 @@ class OpenVinoOptions(TargetOptions, AwareOptions):
     per_channel: bool = Field(True, description="per-channel int8 weights (else one scale per tensor)")
     model_type: Literal["auto", "cnn", "transformer"] = "auto"
     fast_bias_correction: bool = True
+    overflow_fix: Literal["first_layer_only", "disable", "enable"] = Field("first_layer_only", description=(
+        "NNCF's guard against int16 saturation on x86 CPUs without VNNI: the first layer's (or every layer's) "
+        "int8 weights use half the range. CPUs with VNNI or AMX do not saturate: disable it there and the "
+        "first layer keeps its full int8 precision"))
     smooth_quant: Literal["auto", "on", "off"] = Field(
         "auto", description="transformers only; auto builds both and keeps the one closer to fp32 on calibration data"
     )
@@ -140,7 +144,9 @@ class OpenVinoTarget(Target):
             )
             from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-            settings = {}
+            from nncf.quantization.advanced_parameters import OverflowFix
+
+            settings = {"overflow_fix": OverflowFix(options.overflow_fix)}
             if not smooth:
                 settings["smooth_quant_alphas"] = AdvancedSmoothQuantParameters(matmul=-1.0)
             if options.range_estimator != "default":
@@ -148,7 +154,7 @@ class OpenVinoTarget(Target):
                                                                          options.range_estimator.upper())
             if not options.per_channel:
                 settings["weights_quantization_params"] = QuantizationParameters(per_channel=False)
-            advanced = AdvancedQuantizationParameters(**settings) if settings else None
+            advanced = AdvancedQuantizationParameters(**settings)
             try:
                 return nncf.quantize(
                     ov.Core().read_model(str(float_artifact.main_file)), nncf.Dataset(samples),
@@ -163,7 +169,7 @@ class OpenVinoTarget(Target):
 
         scheme = {"tool": "nncf", "preset": options.preset, "range_estimator": options.range_estimator,
                   "per_channel": options.per_channel, "model_type": "transformer" if transformer else "cnn",
-                  "fast_bias_correction": options.fast_bias_correction, "samples": len(samples)}
+                  "fast_bias_correction": options.fast_bias_correction, "overflow_fix": options.overflow_fix, "samples": len(samples)}
         if not transformer:
             quantized = quantize(smooth=True)  # SmoothQuant applies to transformers only
             smooth = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from edgeport import load_config, run
@@ -48,3 +49,24 @@ def test_attention_block_int8_cosine(tmp_path):
     scheme = int8.artifact.options["quantization"]
     assert set(scheme["smooth_quant_probe_cosine"]) == {"on", "off"}  # both tried, the closer one kept
     assert int8.verify.cosine >= 0.999, (int8.verify, scheme)
+
+
+def first_conv_integers(xml_path) -> np.ndarray:
+    """The int8 values NNCF stored for the first Convolution's weight (Constant i8 -> Convert -> Multiply)."""
+    import openvino as ov
+
+    conv = next(op for op in ov.Core().read_model(str(xml_path)).get_ordered_ops()
+                if op.get_type_name() == "Convolution")
+    convert = conv.input_value(1).get_node().input_value(0).get_node()
+    return convert.input_value(0).get_node().get_data()
+
+
+def test_overflow_fix_disabled_gives_the_first_layer_the_full_int8_range(digits_run, tmp_path):
+    # NNCF's default halves the first layer's weight range (a guard for CPUs without VNNI)
+    default = next(r for r in digits_run.artifacts if r.artifact.precision == "int8")
+    config = write_config(tmp_path, targets='[targets.openvino]\nprecisions = ["int8"]\noverflow_fix = "disable"\n')
+    full = run(load_config(config), until="verify").artifacts[0]
+    assert full.artifact.options["quantization"]["overflow_fix"] == "disable"
+    assert np.abs(first_conv_integers(default.artifact.main_file)).max() <= 64
+    assert np.abs(first_conv_integers(full.artifact.main_file)).max() == 127
+    assert full.verify.passed, full.verify
