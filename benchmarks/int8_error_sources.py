@@ -1,12 +1,15 @@
 """Where an int8 model's disagreement with fp32 comes from: its weights or its activations, which
 layers' weights, and how small the logits' error must be for a top-1 agreement budget to hold.
 
-Reads a finished run of a classifier (by default `edgeport tune examples/efficientnet-lite0.toml`,
+Reads a finished run of a classifier whose first output holds logits (by default `edgeport tune examples/efficientnet-lite0.toml`,
 run by `benchmarks/real_models.py`) and its ONNX Runtime int8 artifact, and prints a Markdown report:
 
 - agreement and cosine on the held-out set of: the int8 artifact; the fp32 model with every weight
   replaced by the artifact's int8 weights (activations float); the difference is the activations' share;
-- the ten layers whose int8 weights alone cost the most (output SQNR, agreement);
+- the ten layers whose int8 weights alone cost the most (the weight's own SQNR, the output's SQNR,
+  agreement): a weight at int8's ceiling (~45 dB per channel) with a far lower output SQNR means the
+  network amplifies that layer's rounding, and no choice of int8 scale removes it;
+- agreement by the fp32 top-1/top-2 logit margin: how much of the disagreement sits on near-ties;
 - agreement of fp32 logits with Gaussian noise of a few sizes added, against the int8 artifact's
   own error: how far int8 is from the budget in the unit that decides it.
 
@@ -77,14 +80,34 @@ def main() -> None:
 
     few = {k: v[: args.layer_samples] for k, v in inputs.items()}
     base = outputs(float_model, few)
+    float_weights = {t.name: numpy_helper.to_array(t) for t in float_model.graph.initializer}
     ranked = []
     for node, (op, weight, value) in weights.items():
         out = outputs(with_weight_of(float_model, weight, value), few)
-        ranked.append((sqnr_db(base, out), float((out.argmax(1) == base.argmax(1)).mean()), node, op))
+        own = sqnr_db(float_weights[weight], value) if weight in float_weights else float("nan")
+        ranked.append((sqnr_db(base, out), own, float((out.argmax(1) == base.argmax(1)).mean()), node, op))
     ranked.sort()
     lines += [f"Layers whose int8 weights alone cost the most (first {args.layer_samples} samples, against fp32):", "",
-              "| layer | op | output SQNR (dB) | top-1 agreement |", "|---|---|---:|---:|"]
-    lines += [f"| {node} | {op} | {sq:.1f} | {agree:.4f} |" for sq, agree, node, op in ranked[:10]]
+              "| layer | op | weight SQNR (dB) | output SQNR (dB) | top-1 agreement |", "|---|---|---:|---:|---:|"]
+    lines += [f"| {node} | {op} | {own:.1f} | {sq:.1f} | {agree:.4f} |" for sq, own, agree, node, op in ranked[:10]]
+
+    top2 = np.sort(reference, axis=1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]
+    agrees = int8_out.argmax(1) == reference.argmax(1)
+    lines += ["", "Agreement by the fp32 top-1/top-2 logit margin (near-ties flip under any rounding):", "",
+              "| fp32 margin | samples | int8 top-1 agreement | share of int8's disagreements |",
+              "|---|---:|---:|---:|"]
+    for low, high in ((0, 0.05), (0.05, 0.1), (0.1, 0.2), (0.2, 0.5), (0.5, np.inf)):
+        band = (margin >= low) & (margin < high)
+        if band.any():
+            lines.append(f"| [{low:g}, {high:g}) | {band.sum()} | {agrees[band].mean():.4f} | "
+                         f"{(~agrees & band).sum() / max((~agrees).sum(), 1):.2f} |")
+
+    probability = np.exp(reference - reference.max(1, keepdims=True))
+    confident = (probability / probability.sum(1, keepdims=True)).max(1) >= 0.5  # the output holds logits
+    lines += ["", f"On the {confident.sum()} samples where fp32 gives its top class a softmax probability of 0.5 or "
+              f"more, int8 agrees on {agrees[confident].mean():.4f}; on the other {(~confident).sum()}, "
+              f"{agrees[~confident].mean():.4f}."]
 
     rng = np.random.default_rng(0)
     error = (int8_out - reference).std()

@@ -344,7 +344,7 @@ def smooth_matmuls(path: Path, calibration: CalibrationSet, alpha: float = 0.5, 
     return len(matmuls)
 
 
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm")
+REQUANTIZED_AT_LOAD = ("Conv", "ConvTranspose", "Gemm")  # the ops whose float weights WeightBiasQuantization quantizes
 
 
 def input_channels(node, weight: np.ndarray) -> int | None:
@@ -380,7 +380,7 @@ def keep_float_at_load(path: Path, nodes: list[str]) -> list[str]:
     changed = []
     for node in graph.node:
         dq = producers.get(node.input[0])
-        if (node.name not in nodes or node.op_type not in WEIGHTED_OPS or node.input[1] not in consts
+        if (node.name not in nodes or node.op_type not in REQUANTIZED_AT_LOAD or node.input[1] not in consts
                 or dq is None or dq.op_type != "DequantizeLinear" or dq.input[1] not in consts):
             continue
         scale = numpy_helper.to_array(consts[dq.input[1]])
@@ -533,7 +533,8 @@ def int8_weights(quant, consts: dict, producers: dict) -> dict[str, tuple[str, s
     int8 model holds it, dequantized (its own integers, scales and axis: exactly what runs)."""
     found = {}
     for node in quant.graph.node:
-        dq = producers.get(node.input[1]) if node.op_type in (*WEIGHTED_OPS, "MatMul") and len(node.input) > 1 else None
+        weighted = node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(node.input) > 1
+        dq = producers.get(node.input[1]) if weighted else None
         if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in consts:
             continue
         q, scale = consts[dq.input[0]].astype(np.float32), consts[dq.input[1]].astype(np.float32)

@@ -169,7 +169,8 @@ class OpenVinoTarget(Target):
 
         scheme = {"tool": "nncf", "preset": options.preset, "range_estimator": options.range_estimator,
                   "per_channel": options.per_channel, "model_type": "transformer" if transformer else "cnn",
-                  "fast_bias_correction": options.fast_bias_correction, "overflow_fix": options.overflow_fix, "samples": len(samples)}
+                  "fast_bias_correction": options.fast_bias_correction, "overflow_fix": options.overflow_fix,
+                  "samples": len(samples)}
         if not transformer:
             quantized = quantize(smooth=True)  # SmoothQuant applies to transformers only
             smooth = True
@@ -360,7 +361,7 @@ def activation_quantizers(ov, quantized_path: Path) -> list[dict]:
     return found
 
 
-WEIGHTED_OPS = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul")
+WEIGHT_OPS = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul")
 
 
 def int8_weights(ov, quantized_path: Path) -> dict[str, np.ndarray]:
@@ -368,7 +369,7 @@ def int8_weights(ov, quantized_path: Path) -> dict[str, np.ndarray]:
     Multiply by the scales): that weight as it runs, dequantized."""
     found = {}
     for op in ov.Core().read_model(str(quantized_path)).get_ops():
-        scaled = op.input_value(1).get_node() if op.get_type_name() in WEIGHTED_OPS else None
+        scaled = op.input_value(1).get_node() if op.get_type_name() in WEIGHT_OPS else None
         if scaled is None or scaled.get_type_name() != "Multiply":
             continue
         convert, scale = (scaled.input_value(i).get_node() for i in (0, 1))
