@@ -20,6 +20,8 @@ from edgeport.types import OutputMetrics
 SQNR_CAP_DB = 300.0  # identical outputs: a large finite number (JSON has no infinity)
 # Below this share of its energy varying with the input, an output is judged on that varying part.
 INPUT_DEPENDENCE_FLOOR = 0.01
+# A prediction an app would act on: PyTorch gives its top class at least this probability.
+CONFIDENT_PROBABILITY = 0.5
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -60,6 +62,16 @@ def wilson_interval(agree: int, total: int, z: float = 1.96) -> tuple[float, flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def top_probability(scores: np.ndarray) -> np.ndarray:
+    """Each sample's top-class probability: the scores themselves when every row already is a
+    distribution (non-negative, summing to 1), else their softmax (logits)."""
+    x = np.asarray(scores, np.float64).reshape(len(scores), -1)
+    if (x >= 0).all() and np.allclose(x.sum(1), 1, atol=1e-3):
+        return x.max(1)
+    x = np.exp(x - x.max(1, keepdims=True))
+    return 1 / x.sum(1)  # the top class's exp is 1 after the shift
+
+
 def input_dependence(ref: np.ndarray) -> float:
     """Share of the reference's energy that varies from sample to sample (1 = all of it)."""
     ref64 = np.asarray(ref, np.float64).reshape(len(ref), -1)
@@ -79,16 +91,19 @@ def output_metrics(name: str, ref: np.ndarray, out: np.ndarray, scores: bool) ->
         mean = judged_ref.mean(0, keepdims=True)
         judged_ref, judged_out = judged_ref - mean, judged_out - mean
     per_sample = sample_cosines(judged_ref, judged_out) if ref[0].size > 1 else None
-    top1 = interval = None
+    top1 = interval = confident_top1 = confident = None
     if scores:
-        same = int((ref.reshape(len(ref), -1).argmax(1) == out.reshape(len(out), -1).argmax(1)).sum())
-        top1, interval = same / len(ref), list(wilson_interval(same, len(ref)))
+        agrees = ref.reshape(len(ref), -1).argmax(1) == out.reshape(len(out), -1).argmax(1)
+        top1, interval = int(agrees.sum()) / len(ref), list(wilson_interval(int(agrees.sum()), len(ref)))
+        sure = top_probability(ref) >= CONFIDENT_PROBABILITY
+        confident = int(sure.sum())
+        confident_top1 = float(agrees[sure].mean()) if confident else None
     return OutputMetrics(
         name=name, samples=len(ref), max_abs=float(np.abs(ref - out).max()) if ref.size else 0.0,
         cosine=float(per_sample.mean()) if per_sample is not None else cosine(judged_ref, judged_out),
         cosine_min=float(per_sample.min()) if per_sample is not None else None,
         cosine_global=cosine(ref, out), sqnr_db=sqnr_db(judged_ref, judged_out), top1_agreement=top1,
-        top1_interval=interval,
+        top1_interval=interval, confident_top1_agreement=confident_top1, confident_samples=confident,
         input_dependence=dependence, centred=centred,
     )
 
@@ -112,6 +127,9 @@ class Budget(BaseModel):
     min_sqnr_db: float | None = Field(None, le=300, description="dB; identical outputs score 300")
     max_abs: float | None = Field(None, ge=0)
     min_top1_agreement: float | None = Field(None, ge=0, le=1, description="a fraction, class-score outputs")
+    min_confident_top1_agreement: float | None = Field(None, ge=0, le=1, description=(
+        "top-1 agreement on the samples whose PyTorch top class has probability >= 0.5 (softmax of the "
+        "scores unless they already are probabilities): the predictions an app would act on"))
     max_accuracy_drop: float | None = Field(None, ge=0, le=100, description="percentage points below PyTorch")
 
     @property
@@ -129,6 +147,10 @@ class Budget(BaseModel):
         failures = []
         if strict and self.min_top1_agreement is not None and all(m.top1_agreement is None for m in outputs):
             failures.append("no top-1 agreement: no output holds class scores (set model.class_scores)")
+        if (strict and self.min_confident_top1_agreement is not None
+                and all(m.confident_top1_agreement is None for m in outputs)):
+            failures.append("no confident top-1 agreement: no class-score output, or no sample PyTorch gives "
+                            f"its top class a probability of {CONFIDENT_PROBABILITY} or more")
         if strict and self.max_accuracy_drop is not None and accuracy_now is None:
             failures.append("no accuracy: the evaluation data has no labels for a class-score output")
         for m in outputs:
@@ -149,7 +171,7 @@ class Budget(BaseModel):
     def shortfall(self, outputs: list[OutputMetrics], accuracy_now: float | None = None,
                   reference_accuracy: float | None = None) -> float:
         """How far the first limit given misses (0 when met), in its own unit: ranks near misses."""
-        for key in ("min_top1_agreement", "max_accuracy_drop", "min_cosine", "min_sample_cosine", "min_sqnr_db",
+        for key in ("min_top1_agreement", "min_confident_top1_agreement", "max_accuracy_drop", "min_cosine", "min_sample_cosine", "min_sqnr_db",
                     "max_abs"):
             limit = getattr(self, key)
             if limit is None:
@@ -172,5 +194,6 @@ class Budget(BaseModel):
 
 CHECKS = [("min_cosine", "cosine", "cosine"), ("min_sample_cosine", "worst-sample cosine", "cosine_min"),
           ("min_sqnr_db", "SQNR", "sqnr_db"), ("max_abs", "max abs error", "max_abs"),
-          ("min_top1_agreement", "top-1 agreement", "top1_agreement")]
+          ("min_top1_agreement", "top-1 agreement", "top1_agreement"),
+          ("min_confident_top1_agreement", "top-1 agreement on confident samples", "confident_top1_agreement")]
 FIELDS = {key: value for key, _, value in CHECKS}

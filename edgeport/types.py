@@ -228,6 +228,8 @@ class OutputMetrics(BaseModel):
     sqnr_db: float
     top1_agreement: float | None = None  # class-score outputs only
     top1_interval: list[float] | None = None  # its 95% Wilson interval: what this many samples can tell
+    confident_top1_agreement: float | None = None  # on samples PyTorch gives its top class p >= 0.5
+    confident_samples: int | None = None  # how many those are
     input_dependence: float | None = None  # share of the reference's energy that varies with the input
     centred: bool = False  # judged on outputs minus the reference's mean (it hardly varies)
 
@@ -256,6 +258,11 @@ class VerifyReport(BaseModel):
         values = [o.top1_agreement for o in self.outputs if o.top1_agreement is not None]
         return min(values) if values else None
 
+    @property
+    def confident_top1_agreement(self) -> float | None:
+        values = [o.confident_top1_agreement for o in self.outputs if o.confident_top1_agreement is not None]
+        return min(values) if values else None
+
     def summary(self) -> dict:
         """The flat form report.json carries: the worst output for each figure, and every output."""
         mins = [o.cosine_min for o in self.outputs if o.cosine_min is not None]
@@ -270,6 +277,7 @@ class VerifyReport(BaseModel):
             "top1_agreement": self.top1_agreement,
             "top1_interval": next((o.top1_interval for o in self.outputs if o.top1_agreement == self.top1_agreement
                                    and o.top1_interval), None),
+            "confident_top1_agreement": self.confident_top1_agreement,
             "worst_output": min(self.outputs, key=lambda o: o.cosine).name,
             "samples": self.samples,
             "failures": self.failures,

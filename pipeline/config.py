@@ -175,6 +175,9 @@ BUILTIN_RECIPES: dict[str, list[dict]] = {
 COMPRESS_STEP = TypeAdapter(CompressConfig)
 
 
+BUDGET_KEYS = ("min_top1_agreement", "min_confident_top1_agreement", "max_accuracy_drop", "min_cosine")
+
+
 class SearchConfig(Strict):
     """`edgeport tune`: the fastest (or smallest) artifact that meets an accuracy budget."""
 
@@ -191,6 +194,9 @@ class SearchConfig(Strict):
         "calibration method's (every: the same fallback several times over, minutes each on a real CNN)"))
     min_top1_agreement: float | None = Field(None, gt=0, le=1, description="budget: share of held-out samples whose "
                                              "top class matches PyTorch fp32's")
+    min_confident_top1_agreement: float | None = Field(None, gt=0, le=1, description=(
+        "budget: top-1 agreement on the held-out samples PyTorch gives its top class a probability >= 0.5 "
+        "(the predictions an app acts on); the plain agreement is reported beside it"))
     max_accuracy_drop: float | None = Field(None, ge=0, description="budget: points of held-out accuracy below PyTorch")
     min_cosine: float | None = Field(None, gt=0, le=1, description="budget: output cosine with PyTorch on held-out data")
     objective: Literal["latency", "size"] = Field("latency", description="minimise p50 on `device`, or file size")
@@ -206,8 +212,8 @@ class SearchConfig(Strict):
 
     @model_validator(mode="after")
     def has_budget(self) -> SearchConfig:
-        if all(getattr(self, k) is None for k in ("min_top1_agreement", "max_accuracy_drop", "min_cosine")):
-            raise ValueError("a budget is needed: min_top1_agreement, max_accuracy_drop or min_cosine")
+        if all(getattr(self, k) is None for k in BUDGET_KEYS):
+            raise ValueError(f"a budget is needed: {', '.join(BUDGET_KEYS[:-1])} or {BUDGET_KEYS[-1]}")
         for name in self.recipe:
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
                 raise ValueError(f"recipe name {name!r}: letters, digits, '.', '_' and '-' only (it names a folder)")
@@ -231,8 +237,7 @@ class SearchConfig(Strict):
 
     @property
     def budget(self) -> Budget:
-        return Budget(min_top1_agreement=self.min_top1_agreement, max_accuracy_drop=self.max_accuracy_drop,
-                      min_cosine=self.min_cosine)
+        return Budget(**{k: getattr(self, k) for k in BUDGET_KEYS})
 
 
 class PackageConfig(Strict):

@@ -193,7 +193,7 @@ class Search:
                  recipe: str = "none", service: BenchService | None = None):
         if config.search is None:
             raise ConfigError("the config has no [search] section: add one with a budget "
-                              "(min_top1_agreement, max_accuracy_drop or min_cosine)")
+                              "(min_top1_agreement, min_confident_top1_agreement, max_accuracy_drop or min_cosine)")
         self.config, self.search, self.recipe = config, config.search, recipe
         self.emit = on_event or (lambda event: None)
         self.rebuild = rebuild
@@ -240,9 +240,10 @@ class Search:
         """Waves 1-3 of this recipe's candidates (see the module's docstring)."""
         ws, candidates = self.ws, self.candidates
         self.prepared = prepared = prepare(ws, self.service)
-        if self.search.min_top1_agreement is not None and not prepared.reference.class_scores:
-            raise ConfigError("[search] min_top1_agreement needs an output of class scores, and none is taken as one "
-                              "(no labels fit it): set model.class_scores, or budget min_cosine instead")
+        for key in ("min_top1_agreement", "min_confident_top1_agreement"):
+            if getattr(self.search, key) is not None and not prepared.reference.class_scores:
+                raise ConfigError(f"[search] {key} needs an output of class scores, and none is taken as one "
+                                  "(no labels fit it): set model.class_scores, or budget min_cosine instead")
         self.count()
         for c in candidates:  # wave 1: float exports here (they are the integer candidates' parents)
             if c.precision in targets.get(c.target).float_precisions:

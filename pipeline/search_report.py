@@ -15,6 +15,8 @@ def quality(candidate: dict, budget: dict) -> tuple[str, float | None]:
     v = candidate.get("verify") or {}
     if "min_top1_agreement" in budget:
         return "top-1 agreement with PyTorch fp32 (held-out)", v.get("top1_agreement")
+    if "min_confident_top1_agreement" in budget:
+        return "top-1 agreement where PyTorch's p >= 0.5 (held-out)", v.get("confident_top1_agreement")
     if "max_accuracy_drop" in budget and v.get("accuracy") is not None:
         return "held-out accuracy", v.get("accuracy")
     return "cosine with PyTorch fp32 (held-out)", v.get("cosine")
@@ -48,7 +50,8 @@ def pareto_plot(search: dict, axis: str, path: Path) -> bool:
         ax.annotate(c["label"], (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
     front = pareto_front(points)
     ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="#555", lw=1, label="Pareto front")
-    limit = budget.get("min_top1_agreement") or budget.get("min_cosine")
+    limit = next((budget[k] for k in ("min_top1_agreement", "min_confident_top1_agreement", "min_cosine") if k in budget),
+                 None)
     if limit is not None:
         ax.axhline(limit, color="#d62728", lw=0.8, ls=":", label="budget")
     ax.set_xscale("log")
@@ -76,16 +79,19 @@ def search_md(search: dict, run_dir: Path, baseline_p50: float | None) -> list[s
             f"{baseline_p50 / chosen['p50_ms']:.2f}x PyTorch eager" if baseline_p50 and chosen["p50_ms"] else None,
             f"top-1 agreement {share(chosen['verify']['top1_agreement'], chosen['verify'].get('top1_interval'))} (95% interval)"
             if chosen["verify"].get("top1_agreement") is not None else None,
+            f"{chosen['verify']['confident_top1_agreement']:.4f} where PyTorch's p >= 0.5"
+            if chosen["verify"].get("confident_top1_agreement") is not None else None,
             f"cosine {chosen['verify']['cosine']:.6f}", f"{chosen['size_bytes'] / 1024:.1f} KB",
             f"{len(chosen['float_layers'])} layer(s) kept in float" if chosen["float_layers"] else None])) + ".", ""]
-    lines += ["| candidate | verdict | why | top-1 agree | accuracy (%) | cosine | float layers | size (KB) | p50 (ms) | speedup |",
-              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["| candidate | verdict | why | top-1 agree | top-1 where p >= 0.5 | accuracy (%) | cosine | float layers | "
+              "size (KB) | p50 (ms) | speedup |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     order = {"chosen": 0, "kept": 1, "rejected": 2, "failed": 3, "pruned": 4}
     for c in sorted(search["candidates"], key=lambda c: (order.get(c["status"], 5), c["p50_ms"] or 1e9)):
         v = c["verify"] or {}
         speedup = baseline_p50 / c["p50_ms"] if baseline_p50 and c["p50_ms"] else None
         lines.append(f"| {c['label']} | {c['status']} | {c['reason']} | {share(v.get('top1_agreement'), v.get('top1_interval'))} | "
-                     f"{fmt(v.get('accuracy') and v['accuracy'] * 100, '.2f')} | {fmt(v.get('cosine'), '.6f')} | "
+                     f"{fmt(v.get('confident_top1_agreement'), '.4f')} | {fmt(v.get('accuracy') and v['accuracy'] * 100, '.2f')} | {fmt(v.get('cosine'), '.6f')} | "
                      f"{len(c['float_layers']) if c['verify'] else '—'} | {fmt(c['size_bytes'] and c['size_bytes'] / 1024, '.1f')} | "
                      f"{fmt(c['p50_ms'], '.4f')} | {fmt(speedup, '.2f', '')}{'x' if speedup else ''} |")
     for axis, name in PLOTS.items():

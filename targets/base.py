@@ -299,7 +299,7 @@ def declared_tensor(name: str, shape, dtype: str, scale: float | None = None, ze
 
 # --- accuracy-aware int8, shared by the targets that can keep layers in float
 
-AWARE_KEYS = ("max_accuracy_drop", "min_cosine", "min_top1_agreement")
+AWARE_KEYS = ("max_accuracy_drop", "min_cosine", "min_top1_agreement", "min_confident_top1_agreement")
 
 
 class AwareOptions(BaseModel):
@@ -311,6 +311,8 @@ class AwareOptions(BaseModel):
     min_cosine: float | None = Field(None, gt=0, le=1, description="accuracy-aware int8: output cosine floor")
     min_top1_agreement: float | None = Field(None, gt=0, le=1, description="accuracy-aware int8: share of "
                                              "calibration samples whose top class matches the float model's")
+    min_confident_top1_agreement: float | None = Field(None, gt=0, le=1, description=(
+        "accuracy-aware int8: that share among the samples the float model gives its top class p >= 0.5"))
     max_float_layers: int = Field(4, ge=0, description="accuracy-aware: at most this many layers kept in float")
 
     @property

@@ -41,6 +41,19 @@ def test_pareto_front_and_budget_verdicts():
     assert judge(verify(top1_agreement=1.0, cosine=0.9999), Budget(min_top1_agreement=0.99, min_cosine=0.999))[0]
     met, why, _ = judge(verify(), Budget(min_top1_agreement=0.99))  # an embedding: nothing to measure it on
     assert not met and why.startswith("no top-1 agreement: no output holds class scores")
+    # agreement on the samples PyTorch is sure of: the near-ties that flip do not count
+    confident = verify(top1_agreement=0.9, confident_top1_agreement=0.995)
+    assert judge(confident, Budget(min_confident_top1_agreement=0.99))[0]
+    met, why, short = judge(verify(top1_agreement=0.9, confident_top1_agreement=0.98),
+                            Budget(min_confident_top1_agreement=0.99))
+    assert not met and "confident samples 0.98 outside min_confident_top1_agreement = 0.99" in why
+    assert short == pytest.approx(0.01)
+
+
+def test_a_confident_budget_reaches_the_accuracy_aware_fallback(tmp_path, model_cache):
+    config = load_config(digits_search(tmp_path, "min_confident_top1_agreement = 0.995\n"))
+    aware = next(c for c in plan(config) if c.label == "onnxruntime/int8/minmax-aware")
+    assert aware.options.min_confident_top1_agreement == 0.995 and aware.options.min_top1_agreement is None
 
 
 def test_plan_is_the_product_of_the_search_axes(tmp_path, model_cache):
@@ -59,7 +72,8 @@ def test_plan_is_the_product_of_the_search_axes(tmp_path, model_cache):
 def test_search_without_a_budget_is_one_line(tmp_path, model_cache):
     code = cli.invoke(app, ["tune", str(digits_search(tmp_path, "objective = \"size\"\n"))])
     assert code.exit_code == 2
-    assert "a budget is needed: min_top1_agreement, max_accuracy_drop or min_cosine" in code.output
+    assert ("a budget is needed: min_top1_agreement, min_confident_top1_agreement, max_accuracy_drop or min_cosine"
+            in code.output)
 
 
 def test_tune_reports_every_candidate_packs_the_choice_and_reruns_from_cache(tmp_path, model_cache):

@@ -112,3 +112,43 @@ def test_max_abs_limit_for_fp32():
     out[1, 2] += 0.5
     report = compare(artifact("fp32"), [ref], [out], None, limits("fp32"))
     assert not report.passed and "output 'logits': max abs error 0.5 outside max_abs = 0.001" in report.failures
+
+
+def test_confident_agreement_judges_the_predictions_pytorch_is_sure_of():
+    # 60 samples with one clear winner (p ~ 0.97), 40 near-ties the artifact flips: plain agreement
+    # misses 0.99, agreement on the confident samples meets it
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((100, 10)) * 0.1
+    ref[:60, 3] += 6.0
+    ref[60:, 1:3] = [0.5, 0.49]
+    out = ref.copy()
+    out[60:, 2] += 0.02  # a rounding error big enough to flip a near-tie only
+    m = output_metrics("logits", ref, out, scores=True)
+    assert m.confident_samples == 60 and m.confident_top1_agreement == 1.0
+    assert m.top1_agreement == 0.6
+    assert Budget(min_confident_top1_agreement=0.99).misses([m], strict=True) == []
+    assert Budget(min_top1_agreement=0.99).misses([m], strict=True)
+    # a flip among the confident samples counts
+    out[0, 3] -= 10
+    worse = output_metrics("logits", ref, out, scores=True)
+    assert worse.confident_top1_agreement == 59 / 60
+    assert Budget(min_confident_top1_agreement=0.99).misses([worse])[0].startswith(
+        "output 'logits': top-1 agreement on confident samples 0.983333")
+
+
+def test_confident_agreement_reads_probabilities_as_they_are():
+    from edgeport.metrics import top_probability
+
+    probs = np.array([[0.6, 0.3, 0.1], [0.4, 0.35, 0.25]])
+    assert np.allclose(top_probability(probs), [0.6, 0.4])  # not softmaxed again
+    logits = np.log(probs) + 3.0
+    assert np.allclose(top_probability(logits), [0.6, 0.4])
+
+
+def test_a_confident_budget_with_no_confident_sample_is_a_miss_not_a_pass():
+    flat = np.zeros((20, 10)) + np.arange(10) * 1e-3  # every sample a near-uniform distribution
+    m = output_metrics("logits", flat, flat, scores=True)
+    assert m.confident_samples == 0 and m.confident_top1_agreement is None
+    assert Budget(min_confident_top1_agreement=0.9).misses([m], strict=True) == [
+        "no confident top-1 agreement: no class-score output, or no sample PyTorch gives its top class a "
+        "probability of 0.5 or more"]
