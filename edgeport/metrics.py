@@ -91,19 +91,22 @@ def output_metrics(name: str, ref: np.ndarray, out: np.ndarray, scores: bool) ->
         mean = judged_ref.mean(0, keepdims=True)
         judged_ref, judged_out = judged_ref - mean, judged_out - mean
     per_sample = sample_cosines(judged_ref, judged_out) if ref[0].size > 1 else None
-    top1 = interval = confident_top1 = confident = None
+    top1 = interval = confident_top1 = confident_interval = confident = None
     if scores:
         agrees = ref.reshape(len(ref), -1).argmax(1) == out.reshape(len(out), -1).argmax(1)
         top1, interval = int(agrees.sum()) / len(ref), list(wilson_interval(int(agrees.sum()), len(ref)))
         sure = top_probability(ref) >= CONFIDENT_PROBABILITY
         confident = int(sure.sum())
-        confident_top1 = float(agrees[sure].mean()) if confident else None
+        if confident:
+            confident_top1 = float(agrees[sure].mean())
+            confident_interval = list(wilson_interval(int(agrees[sure].sum()), confident))
     return OutputMetrics(
         name=name, samples=len(ref), max_abs=float(np.abs(ref - out).max()) if ref.size else 0.0,
         cosine=float(per_sample.mean()) if per_sample is not None else cosine(judged_ref, judged_out),
         cosine_min=float(per_sample.min()) if per_sample is not None else None,
         cosine_global=cosine(ref, out), sqnr_db=sqnr_db(judged_ref, judged_out), top1_agreement=top1,
-        top1_interval=interval, confident_top1_agreement=confident_top1, confident_samples=confident,
+        top1_interval=interval, confident_top1_agreement=confident_top1, confident_top1_interval=confident_interval,
+        confident_samples=confident,
         input_dependence=dependence, centred=centred,
     )
 

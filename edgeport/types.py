@@ -229,6 +229,7 @@ class OutputMetrics(BaseModel):
     top1_agreement: float | None = None  # class-score outputs only
     top1_interval: list[float] | None = None  # its 95% Wilson interval: what this many samples can tell
     confident_top1_agreement: float | None = None  # on samples PyTorch gives its top class p >= 0.5
+    confident_top1_interval: list[float] | None = None  # its 95% Wilson interval
     confident_samples: int | None = None  # how many those are
     input_dependence: float | None = None  # share of the reference's energy that varies with the input
     centred: bool = False  # judged on outputs minus the reference's mean (it hardly varies)
@@ -278,6 +279,10 @@ class VerifyReport(BaseModel):
             "top1_interval": next((o.top1_interval for o in self.outputs if o.top1_agreement == self.top1_agreement
                                    and o.top1_interval), None),
             "confident_top1_agreement": self.confident_top1_agreement,
+            "confident_top1_interval": next((o.confident_top1_interval for o in self.outputs if o.confident_top1_interval
+                                             and o.confident_top1_agreement == self.confident_top1_agreement), None),
+            "confident_samples": next((o.confident_samples for o in self.outputs
+                                       if o.confident_top1_agreement == self.confident_top1_agreement), None),
             "worst_output": min(self.outputs, key=lambda o: o.cosine).name,
             "samples": self.samples,
             "failures": self.failures,

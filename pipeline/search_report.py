@@ -79,7 +79,8 @@ def search_md(search: dict, run_dir: Path, baseline_p50: float | None) -> list[s
             f"{baseline_p50 / chosen['p50_ms']:.2f}x PyTorch eager" if baseline_p50 and chosen["p50_ms"] else None,
             f"top-1 agreement {share(chosen['verify']['top1_agreement'], chosen['verify'].get('top1_interval'))} (95% interval)"
             if chosen["verify"].get("top1_agreement") is not None else None,
-            f"{chosen['verify']['confident_top1_agreement']:.4f} where PyTorch's p >= 0.5"
+            f"{share(chosen['verify']['confident_top1_agreement'], chosen['verify'].get('confident_top1_interval'))} "
+            f"on the {chosen['verify'].get('confident_samples')} samples where PyTorch's p >= 0.5"
             if chosen["verify"].get("confident_top1_agreement") is not None else None,
             f"cosine {chosen['verify']['cosine']:.6f}", f"{chosen['size_bytes'] / 1024:.1f} KB",
             f"{len(chosen['float_layers'])} layer(s) kept in float" if chosen["float_layers"] else None])) + ".", ""]
@@ -91,7 +92,7 @@ def search_md(search: dict, run_dir: Path, baseline_p50: float | None) -> list[s
         v = c["verify"] or {}
         speedup = baseline_p50 / c["p50_ms"] if baseline_p50 and c["p50_ms"] else None
         lines.append(f"| {c['label']} | {c['status']} | {c['reason']} | {share(v.get('top1_agreement'), v.get('top1_interval'))} | "
-                     f"{fmt(v.get('confident_top1_agreement'), '.4f')} | {fmt(v.get('accuracy') and v['accuracy'] * 100, '.2f')} | {fmt(v.get('cosine'), '.6f')} | "
+                     f"{share(v.get('confident_top1_agreement'), v.get('confident_top1_interval'))} | {fmt(v.get('accuracy') and v['accuracy'] * 100, '.2f')} | {fmt(v.get('cosine'), '.6f')} | "
                      f"{len(c['float_layers']) if c['verify'] else '—'} | {fmt(c['size_bytes'] and c['size_bytes'] / 1024, '.1f')} | "
                      f"{fmt(c['p50_ms'], '.4f')} | {fmt(speedup, '.2f', '')}{'x' if speedup else ''} |")
     for axis, name in PLOTS.items():

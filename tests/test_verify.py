@@ -125,6 +125,8 @@ def test_confident_agreement_judges_the_predictions_pytorch_is_sure_of():
     out[60:, 2] += 0.02  # a rounding error big enough to flip a near-tie only
     m = output_metrics("logits", ref, out, scores=True)
     assert m.confident_samples == 60 and m.confident_top1_agreement == 1.0
+    low, high = m.confident_top1_interval
+    assert 0.93 < low < 0.95 and high > 0.9999  # 60 of 60: what 60 samples can tell
     assert m.top1_agreement == 0.6
     assert Budget(min_confident_top1_agreement=0.99).misses([m], strict=True) == []
     assert Budget(min_top1_agreement=0.99).misses([m], strict=True)
