@@ -29,9 +29,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 def cache_state(built: list[str]) -> str:
     """How much of the tune was built in this run: a cold tune and a re-timing are minutes apart."""
-    if any(not rel.startswith("bench/") for rel in built):
-        return " (from a cold cache)"
-    return " (every build cached; only the benchmarks measured again)" if built else " (everything cached)"
+    exports = sum(rel.startswith("artifacts/") for rel in built)
+    benchmarks = sum(rel.startswith("bench/") for rel in built)
+    if not built:
+        return " (everything cached)"
+    return f" ({len(built)} stages built in this run: {exports} exports, {benchmarks} benchmarks)"
 
 
 def pick_rows(search, run_dir: Path) -> list[dict]:
