@@ -1,7 +1,7 @@
 """Where an int8 model's disagreement with fp32 comes from: its weights or its activations, which
 layers' weights, and how small the logits' error must be for a top-1 agreement budget to hold.
 
-Reads a finished run of a classifier whose first output holds logits (by default `edgeport tune examples/efficientnet-lite0.toml`,
+Reads a finished run of a classifier whose first output holds class scores (by default `edgeport tune examples/efficientnet-lite0.toml`,
 run by `benchmarks/real_models.py`) and its ONNX Runtime int8 artifact, and prints a Markdown report:
 
 - agreement and cosine on the held-out set of: the int8 artifact; the fp32 model with every weight
@@ -54,7 +54,7 @@ def main() -> None:
     import onnx
     from onnx import numpy_helper
 
-    from edgeport.metrics import sqnr_db
+    from edgeport.metrics import CONFIDENT_PROBABILITY, sqnr_db, top_probability
     from edgeport.targets.onnxruntime import int8_weights, with_weight_of
 
     with np.load(args.run / "calibration" / "evaluation.npz") as f:
@@ -103,11 +103,12 @@ def main() -> None:
             lines.append(f"| [{low:g}, {high:g}) | {band.sum()} | {agrees[band].mean():.4f} | "
                          f"{(~agrees & band).sum() / max((~agrees).sum(), 1):.2f} |")
 
-    probability = np.exp(reference - reference.max(1, keepdims=True))
-    confident = (probability / probability.sum(1, keepdims=True)).max(1) >= 0.5  # the output holds logits
-    lines += ["", f"On the {confident.sum()} samples where fp32 gives its top class a softmax probability of 0.5 or "
-              f"more, int8 agrees on {agrees[confident].mean():.4f}; on the other {(~confident).sum()}, "
-              f"{agrees[~confident].mean():.4f}."]
+    top = top_probability(reference)
+    if top is not None and 0 < (top >= CONFIDENT_PROBABILITY).sum() < len(top):
+        confident = top >= CONFIDENT_PROBABILITY
+        lines += ["", f"On the {confident.sum()} samples where fp32 gives its top class a probability of "
+                  f"{CONFIDENT_PROBABILITY} or more, int8 agrees on {agrees[confident].mean():.4f}; on the other "
+                  f"{(~confident).sum()}, {agrees[~confident].mean():.4f}."]
 
     rng = np.random.default_rng(0)
     error = (int8_out - reference).std()

@@ -39,8 +39,10 @@ def cache_state(built: list[str]) -> str:
 def pick_rows(search, run_dir: Path) -> list[dict]:
     """The table's artifacts, from the search's candidates (each once)."""
     from edgeport import targets
+    from edgeport.pipeline.search import judge
     from edgeport.types import Artifact
 
+    budget = search.run.config.search.budget
     verified = [c for c in search.candidates if c.verify and c.path]
     rows, seen = [], set()
 
@@ -60,7 +62,7 @@ def pick_rows(search, run_dir: Path) -> list[dict]:
         for name in names:
             ints = [c for c in verified if c.target == name and c.recipe == recipe
                     and c.precision not in targets.get(name).float_precisions]
-            best = max(ints, key=lambda c: (c.verify.get("top1_agreement") or 0, c.verify["cosine"]), default=None)
+            best = min(ints, key=lambda c: (judge(c.verify, budget)[2], -c.verify["cosine"]), default=None)
             if best is not None:
                 add(best, f"{name} {best.precision}, best of recipe {recipe}: {best.variant}")
     if search.chosen is not None:

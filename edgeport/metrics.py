@@ -62,14 +62,21 @@ def wilson_interval(agree: int, total: int, z: float = 1.96) -> tuple[float, flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def top_probability(scores: np.ndarray) -> np.ndarray:
-    """Each sample's top-class probability: the scores themselves when every row already is a
-    distribution (non-negative, summing to 1), else their softmax (logits)."""
-    x = np.asarray(scores, np.float64).reshape(len(scores), -1)
-    if (x >= 0).all() and np.allclose(x.sum(1), 1, atol=1e-3):
-        return x.max(1)
-    x = np.exp(x - x.max(1, keepdims=True))
-    return 1 / x.sum(1)  # the top class's exp is 1 after the shift
+def top_probability(scores: np.ndarray) -> np.ndarray | None:
+    """Each sample's top-class probability: the row itself when it already is a distribution
+    (non-negative, summing to 1), else its softmax (logits); 0 for a row that is not finite. None
+    unless each sample is one vector of two or more classes (a map or a single sigmoid logit has
+    no such probability)."""
+    x = np.asarray(scores, np.float64)
+    classes = [d for d in x.shape[1:] if d != 1]
+    if len(classes) != 1 or classes[0] < 2:
+        return None
+    x = x.reshape(len(x), classes[0])
+    finite = np.isfinite(x).all(1)
+    x = np.where(finite[:, None], x, 0.0)
+    given = (x >= 0).all(1) & (np.abs(x.sum(1) - 1) <= 1e-3)
+    softmax_top = 1 / np.exp(x - x.max(1, keepdims=True)).sum(1)  # the top class's exp is 1 after the shift
+    return np.where(finite, np.where(given, x.max(1), softmax_top), 0.0)
 
 
 def input_dependence(ref: np.ndarray) -> float:
@@ -95,8 +102,9 @@ def output_metrics(name: str, ref: np.ndarray, out: np.ndarray, scores: bool) ->
     if scores:
         agrees = ref.reshape(len(ref), -1).argmax(1) == out.reshape(len(out), -1).argmax(1)
         top1, interval = int(agrees.sum()) / len(ref), list(wilson_interval(int(agrees.sum()), len(ref)))
-        sure = top_probability(ref) >= CONFIDENT_PROBABILITY
-        confident = int(sure.sum())
+        top = top_probability(ref)
+        sure = top >= CONFIDENT_PROBABILITY if top is not None else np.zeros(len(ref), bool)
+        confident = int(sure.sum()) if top is not None else None
         if confident:
             confident_top1 = float(agrees[sure].mean())
             confident_interval = list(wilson_interval(int(agrees[sure].sum()), confident))
@@ -173,21 +181,25 @@ class Budget(BaseModel):
 
     def shortfall(self, outputs: list[OutputMetrics], accuracy_now: float | None = None,
                   reference_accuracy: float | None = None) -> float:
-        """How far the first limit given misses (0 when met), in its own unit: ranks near misses."""
-        for key in ("min_top1_agreement", "min_confident_top1_agreement", "max_accuracy_drop", "min_cosine", "min_sample_cosine", "min_sqnr_db",
-                    "max_abs"):
+        """How far the first missed limit misses (0 when every limit is met), in that limit's own
+        unit: ranks near misses."""
+        for key in ("min_top1_agreement", "min_confident_top1_agreement", "max_accuracy_drop", "min_cosine",
+                    "min_sample_cosine", "min_sqnr_db", "max_abs"):
             limit = getattr(self, key)
             if limit is None:
                 continue
             if key == "max_accuracy_drop":
                 if accuracy_now is None or reference_accuracy is None:
                     return 100.0
-                return max(0.0, (reference_accuracy - accuracy_now) * 100 - limit)
-            values = [getattr(m, FIELDS[key]) for m in outputs if getattr(m, FIELDS[key]) is not None]
-            if not values:
-                return 1.0
-            worst = max(values) if key == "max_abs" else min(values)
-            return max(0.0, (worst - limit) if key == "max_abs" else (limit - worst))
+                short = max(0.0, (reference_accuracy - accuracy_now) * 100 - limit)
+            else:
+                values = [getattr(m, FIELDS[key]) for m in outputs if getattr(m, FIELDS[key]) is not None]
+                if not values:
+                    return 1.0
+                worst = max(values) if key == "max_abs" else min(values)
+                short = max(0.0, (worst - limit) if key == "max_abs" else (limit - worst))
+            if short > 0:
+                return short
         return 0.0
 
     def updated(self, other: Budget) -> Budget:

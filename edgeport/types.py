@@ -281,8 +281,8 @@ class VerifyReport(BaseModel):
             "confident_top1_agreement": self.confident_top1_agreement,
             "confident_top1_interval": next((o.confident_top1_interval for o in self.outputs if o.confident_top1_interval
                                              and o.confident_top1_agreement == self.confident_top1_agreement), None),
-            "confident_samples": next((o.confident_samples for o in self.outputs
-                                       if o.confident_top1_agreement == self.confident_top1_agreement), None),
+            "confident_samples": next((o.confident_samples for o in self.outputs if o.confident_samples is not None
+                                       and o.confident_top1_agreement == self.confident_top1_agreement), None),
             "worst_output": min(self.outputs, key=lambda o: o.cosine).name,
             "samples": self.samples,
             "failures": self.failures,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgeport.metrics import CONFIDENT_PROBABILITY
 from edgeport.pipeline.plots import fmt, new_figure, save_figure, share
 
 PLOTS = {"latency": "pareto_latency.png", "size": "pareto_size.png"}
@@ -16,7 +17,7 @@ def quality(candidate: dict, budget: dict) -> tuple[str, float | None]:
     if "min_top1_agreement" in budget:
         return "top-1 agreement with PyTorch fp32 (held-out)", v.get("top1_agreement")
     if "min_confident_top1_agreement" in budget:
-        return "top-1 agreement where PyTorch's p >= 0.5 (held-out)", v.get("confident_top1_agreement")
+        return f"top-1 agreement where PyTorch's p >= {CONFIDENT_PROBABILITY} (held-out)", v.get("confident_top1_agreement")
     if "max_accuracy_drop" in budget and v.get("accuracy") is not None:
         return "held-out accuracy", v.get("accuracy")
     return "cosine with PyTorch fp32 (held-out)", v.get("cosine")
@@ -80,11 +81,11 @@ def search_md(search: dict, run_dir: Path, baseline_p50: float | None) -> list[s
             f"top-1 agreement {share(chosen['verify']['top1_agreement'], chosen['verify'].get('top1_interval'))} (95% interval)"
             if chosen["verify"].get("top1_agreement") is not None else None,
             f"{share(chosen['verify']['confident_top1_agreement'], chosen['verify'].get('confident_top1_interval'))} "
-            f"on the {chosen['verify'].get('confident_samples')} samples where PyTorch's p >= 0.5"
+            f"on the {chosen['verify'].get('confident_samples')} samples where PyTorch's p >= {CONFIDENT_PROBABILITY}"
             if chosen["verify"].get("confident_top1_agreement") is not None else None,
             f"cosine {chosen['verify']['cosine']:.6f}", f"{chosen['size_bytes'] / 1024:.1f} KB",
             f"{len(chosen['float_layers'])} layer(s) kept in float" if chosen["float_layers"] else None])) + ".", ""]
-    lines += ["| candidate | verdict | why | top-1 agree | top-1 where p >= 0.5 | accuracy (%) | cosine | float layers | "
+    lines += [f"| candidate | verdict | why | top-1 agree | top-1 where p >= {CONFIDENT_PROBABILITY} | accuracy (%) | cosine | float layers | "
               "size (KB) | p50 (ms) | speedup |",
               "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     order = {"chosen": 0, "kept": 1, "rejected": 2, "failed": 3, "pruned": 4}

@@ -342,11 +342,15 @@ def calibration_verdict(reference: list[np.ndarray], current: list[np.ndarray], 
     if scored is not None and labels is not None:
         labels = labels[: len(reference[scored])]
         acc, ref_acc = accuracy(current[scored], labels), accuracy(reference[scored], labels)
-    misses = limits.misses(metrics, acc, ref_acc)
+    # a confident budget with no confident calibration sample is not met: nothing would stay float
+    misses = limits.misses(metrics, acc, ref_acc, strict=limits.min_confident_top1_agreement is not None)
     measured = {"cosine": min(m.cosine for m in metrics), "worst_output": min(metrics, key=lambda m: m.cosine).name}
     tops = [m.top1_agreement for m in metrics if m.top1_agreement is not None]
     if tops:
         measured["top1_agreement"] = min(tops)
+    confident = [m.confident_top1_agreement for m in metrics if m.confident_top1_agreement is not None]
+    if confident:
+        measured["confident_top1_agreement"] = min(confident)
     if acc is not None:
         measured |= {"accuracy": acc, "reference_accuracy": ref_acc}
     return not misses, measured

@@ -533,7 +533,7 @@ def int8_weights(quant, consts: dict, producers: dict) -> dict[str, tuple[str, s
     int8 model holds it, dequantized (its own integers, scales and axis: exactly what runs)."""
     found = {}
     for node in quant.graph.node:
-        weighted = node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(node.input) > 1
+        weighted = node.op_type in (*REQUANTIZED_AT_LOAD, "MatMul") and len(node.input) > 1
         dq = producers.get(node.input[1]) if weighted else None
         if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in consts:
             continue

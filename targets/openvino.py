@@ -140,11 +140,9 @@ class OpenVinoTarget(Target):
 
         def quantize(smooth: bool):
             from nncf.quantization.advanced_parameters import (
-                AdvancedQuantizationParameters, AdvancedSmoothQuantParameters, QuantizationParameters,
+                AdvancedQuantizationParameters, AdvancedSmoothQuantParameters, OverflowFix, QuantizationParameters,
             )
             from nncf.quantization.range_estimator import RangeEstimatorParametersSet
-
-            from nncf.quantization.advanced_parameters import OverflowFix
 
             settings = {"overflow_fix": OverflowFix(options.overflow_fix)}
             if not smooth:

@@ -53,7 +53,7 @@ def test_pareto_front_and_budget_verdicts():
 def test_a_confident_budget_reaches_the_accuracy_aware_fallback(tmp_path, model_cache):
     config = load_config(digits_search(tmp_path, "min_confident_top1_agreement = 0.995\n"))
     aware = next(c for c in plan(config) if c.label == "onnxruntime/int8/minmax-aware")
-    assert aware.options.min_confident_top1_agreement == 0.995 and aware.options.min_top1_agreement is None
+    assert aware.options.budget.limits == {"min_confident_top1_agreement": 0.995}
 
 
 def test_plan_is_the_product_of_the_search_axes(tmp_path, model_cache):

@@ -4,6 +4,7 @@ output, and no global figure may hide a broken one."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from edgeport.metrics import Budget, output_metrics
 from edgeport.pipeline.config import DEFAULT_TOLERANCES, Tolerance
@@ -154,3 +155,23 @@ def test_a_confident_budget_with_no_confident_sample_is_a_miss_not_a_pass():
     assert Budget(min_confident_top1_agreement=0.9).misses([m], strict=True) == [
         "no confident top-1 agreement: no class-score output, or no sample PyTorch gives its top class a "
         "probability of 0.5 or more"]
+
+
+def test_confident_agreement_only_for_one_vector_of_classes_per_sample():
+    from edgeport.metrics import top_probability
+
+    assert top_probability(np.zeros((4, 1))) is None  # one sigmoid logit: no class distribution
+    assert top_probability(np.full((4, 3, 8, 8), 0.5)) is None  # a map of scores
+    assert top_probability(np.zeros((4, 1, 5))).shape == (4,)  # [N, 1, C] is a vector of classes
+    rows = np.array([[0.9, 0.1], [np.nan, 1.0], [3.0, 0.0]])  # a bad row does not turn the others into logits
+    assert np.allclose(top_probability(rows), [0.9, 0.0, 1 / (1 + np.exp(-3.0))])
+    m = output_metrics("mask", np.zeros((4, 1)), np.zeros((4, 1)), scores=True)
+    assert m.confident_samples is None and m.confident_top1_agreement is None
+
+
+def test_shortfall_ranks_by_the_limit_that_is_missed():
+    m = output_metrics("logits", np.eye(10)[:5] * 8, np.eye(10)[:5] * 8, scores=True)
+    m = m.model_copy(update={"top1_agreement": 1.0, "confident_top1_agreement": 0.97})
+    both = Budget(min_top1_agreement=0.99, min_confident_top1_agreement=0.99)
+    assert both.shortfall([m]) == pytest.approx(0.02)  # top-1 met; the confident limit decides
+    assert Budget(min_top1_agreement=0.99).shortfall([m]) == 0.0

@@ -57,13 +57,15 @@ def compression_table(rows) -> Table:
 
 def search_table(result) -> Table:
     search = result.run.config.search
-    table = Table("candidate", "verdict", "why", "top-1 agree", "cosine", "size (KB)", f"p50 on {search.device} (ms)",
+    table = Table("candidate", "verdict", "why", "top-1 agree", "top-1 where p >= 0.5", "cosine", "size (KB)",
+                  f"p50 on {search.device} (ms)",
                   title=f"edgeport tune '{result.run.config.name}'", title_justify="left")
     colour = {"chosen": "green", "kept": "cyan", "rejected": "red", "failed": "red", "pruned": "dim"}
     for c in result.candidates:
         v = c.verify or {}
         table.add_row(c.label, f"[{colour[c.status]}]{c.status}[/{colour[c.status]}]", c.reason,
-                      fmt(v.get("top1_agreement"), ".4f"), fmt(v.get("cosine"), ".6f"),
+                      fmt(v.get("top1_agreement"), ".4f"), fmt(v.get("confident_top1_agreement"), ".4f"),
+                      fmt(v.get("cosine"), ".6f"),
                       fmt(c.size_bytes and c.size_bytes / 1024, ".1f"), fmt(c.p50_ms, ".4f"))
     return table
 
