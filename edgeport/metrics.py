@@ -22,6 +22,9 @@ SQNR_CAP_DB = 300.0  # identical outputs: a large finite number (JSON has no inf
 INPUT_DEPENDENCE_FLOOR = 0.01
 # A prediction an app would act on: PyTorch gives its top class at least this probability.
 CONFIDENT_PROBABILITY = 0.5
+# The limits a search or an accuracy-aware int8 may be budgeted by; the first two need class scores.
+BUDGET_KEYS = ("min_top1_agreement", "min_confident_top1_agreement", "max_accuracy_drop", "min_cosine")
+SCORE_KEYS = BUDGET_KEYS[:2]
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -103,11 +106,12 @@ def output_metrics(name: str, ref: np.ndarray, out: np.ndarray, scores: bool) ->
         agrees = ref.reshape(len(ref), -1).argmax(1) == out.reshape(len(out), -1).argmax(1)
         top1, interval = int(agrees.sum()) / len(ref), list(wilson_interval(int(agrees.sum()), len(ref)))
         top = top_probability(ref)
-        sure = top >= CONFIDENT_PROBABILITY if top is not None else np.zeros(len(ref), bool)
-        confident = int(sure.sum()) if top is not None else None
-        if confident:
-            confident_top1 = float(agrees[sure].mean())
-            confident_interval = list(wilson_interval(int(agrees[sure].sum()), confident))
+        if top is not None:
+            sure = top >= CONFIDENT_PROBABILITY
+            confident = int(sure.sum())
+            if confident:
+                confident_top1 = float(agrees[sure].mean())
+                confident_interval = list(wilson_interval(int(agrees[sure].sum()), confident))
     return OutputMetrics(
         name=name, samples=len(ref), max_abs=float(np.abs(ref - out).max()) if ref.size else 0.0,
         cosine=float(per_sample.mean()) if per_sample is not None else cosine(judged_ref, judged_out),

@@ -260,13 +260,19 @@ class VerifyReport(BaseModel):
         return min(values) if values else None
 
     @property
+    def confident_output(self) -> OutputMetrics | None:
+        """The class-score output with the lowest agreement on confident samples."""
+        measured = [o for o in self.outputs if o.confident_top1_agreement is not None]
+        return min(measured, key=lambda o: o.confident_top1_agreement) if measured else None
+
+    @property
     def confident_top1_agreement(self) -> float | None:
-        values = [o.confident_top1_agreement for o in self.outputs if o.confident_top1_agreement is not None]
-        return min(values) if values else None
+        return self.confident_output and self.confident_output.confident_top1_agreement
 
     def summary(self) -> dict:
         """The flat form report.json carries: the worst output for each figure, and every output."""
         mins = [o.cosine_min for o in self.outputs if o.cosine_min is not None]
+        confident = self.confident_output
         return {
             "passed": self.passed,
             "accuracy": self.accuracy,
@@ -278,11 +284,9 @@ class VerifyReport(BaseModel):
             "top1_agreement": self.top1_agreement,
             "top1_interval": next((o.top1_interval for o in self.outputs if o.top1_agreement == self.top1_agreement
                                    and o.top1_interval), None),
-            "confident_top1_agreement": self.confident_top1_agreement,
-            "confident_top1_interval": next((o.confident_top1_interval for o in self.outputs if o.confident_top1_interval
-                                             and o.confident_top1_agreement == self.confident_top1_agreement), None),
-            "confident_samples": next((o.confident_samples for o in self.outputs if o.confident_samples is not None
-                                       and o.confident_top1_agreement == self.confident_top1_agreement), None),
+            "confident_top1_agreement": confident and confident.confident_top1_agreement,
+            "confident_top1_interval": confident and confident.confident_top1_interval,
+            "confident_samples": confident and confident.confident_samples,
             "worst_output": min(self.outputs, key=lambda o: o.cosine).name,
             "samples": self.samples,
             "failures": self.failures,

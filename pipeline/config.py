@@ -12,7 +12,7 @@ from edgeport import targets
 from edgeport.errors import ConfigError, did_you_mean
 from edgeport.validation import explain, read_toml
 from edgeport.pipeline.compress.configs import CompressConfig
-from edgeport.metrics import Budget
+from edgeport.metrics import BUDGET_KEYS, Budget
 from edgeport.types import TENSOR_DTYPES, Precision, TensorSpec
 
 PRECISIONS = get_args(Precision)
@@ -173,9 +173,6 @@ BUILTIN_RECIPES: dict[str, list[dict]] = {
     "qat": [{"method": "qat"}],
 }
 COMPRESS_STEP = TypeAdapter(CompressConfig)
-
-
-BUDGET_KEYS = ("min_top1_agreement", "min_confident_top1_agreement", "max_accuracy_drop", "min_cosine")
 
 
 class SearchConfig(Strict):

@@ -163,6 +163,11 @@ def bench_devices(config: RunConfig, service: BenchService) -> list[tuple[BenchD
     return [(entry, service.profile(entry.name)) for entry in entries]
 
 
+def round_suffix(round_: int | None) -> str:
+    """The stage file suffix of one of several interleaved measurements."""
+    return f"-round{round_}" if round_ is not None else ""
+
+
 def bench_on(ws: Workspace, service: BenchService, entry: BenchDevice, profile, artifact: Artifact, options: dict,
              data: DataSets, reference: Reference, round_: int | None = None) -> BenchResult:
     """One cached benchmark of one artifact on one device with one runtime variant; devices other
@@ -189,7 +194,7 @@ def bench_on(ws: Workspace, service: BenchService, entry: BenchDevice, profile, 
                                               tolerance, reference.class_scores).summary()
         return result
 
-    suffix = (f"-{options['hint']}" if "hint" in options else "") + (f"-round{round_}" if round_ is not None else "")
+    suffix = (f"-{options['hint']}" if "hint" in options else "") + round_suffix(round_)
     folder = f"bench/{profile.name}"
     try:
         result = ws.stages.record("bench", f"{folder}/{artifact.slug}{suffix}.json", key, compute)
@@ -239,8 +244,7 @@ def bench_baseline(ws: Workspace, service: BenchService, original: LoadedModel, 
     request = service.request(service.profile("local"))
     key = {"model": original.digest, "settings": request, "versions": ws.versions, "runner": sha256_file(local.RUNNER),
            "inputs": data.evaluation.digest, "code": code_hash("edgeport.pipeline.torch_bench"), "round": round_}
-    name = "pytorch-fp32" + (f"-round{round_}" if round_ is not None else "")
-    result = ws.stages.record("bench", f"bench/local/{name}.json", key, lambda: service.torch_eager(
+    result = ws.stages.record("bench", f"bench/local/pytorch-fp32{round_suffix(round_)}.json", key, lambda: service.torch_eager(
         ws.config.model.model_dump(mode="json"), ws.config.base_dir, data.evaluation_file, BENCH_SAMPLES))
     return [BenchResult.model_validate(result)]
 

@@ -42,7 +42,7 @@ from edgeport.pipeline.stages import Event, Listener
 from edgeport.pipeline.verify import verify
 from edgeport.pipeline.workspace import Workspace
 from edgeport.targets.base import TargetOptions
-from edgeport.metrics import Budget
+from edgeport.metrics import BUDGET_KEYS, SCORE_KEYS, Budget
 from edgeport.types import Artifact, BenchResult, OutputMetrics, artifact_name
 
 
@@ -192,8 +192,7 @@ class Search:
     def __init__(self, config: RunConfig, on_event: Listener | None = None, rebuild: bool = False,
                  recipe: str = "none", service: BenchService | None = None):
         if config.search is None:
-            raise ConfigError("the config has no [search] section: add one with a budget "
-                              "(min_top1_agreement, min_confident_top1_agreement, max_accuracy_drop or min_cosine)")
+            raise ConfigError(f"the config has no [search] section: add one with a budget ({', '.join(BUDGET_KEYS)})")
         self.config, self.search, self.recipe = config, config.search, recipe
         self.emit = on_event or (lambda event: None)
         self.rebuild = rebuild
@@ -240,7 +239,7 @@ class Search:
         """Waves 1-3 of this recipe's candidates (see the module's docstring)."""
         ws, candidates = self.ws, self.candidates
         self.prepared = prepared = prepare(ws, self.service)
-        for key in ("min_top1_agreement", "min_confident_top1_agreement"):
+        for key in SCORE_KEYS:
             if getattr(self.search, key) is not None and not prepared.reference.class_scores:
                 raise ConfigError(f"[search] {key} needs an output of class scores, and none is taken as one "
                                   "(no labels fit it): set model.class_scores, or budget min_cosine instead")

@@ -25,7 +25,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgeport.errors import ConfigError
-from edgeport.metrics import Budget
+from edgeport.metrics import BUDGET_KEYS, Budget
 from edgeport.progress import report
 from edgeport.types import Artifact, CalibrationSet, DeviceRuntime, FileRecord, TensorSpec, write_text_atomic
 
@@ -299,7 +299,7 @@ def declared_tensor(name: str, shape, dtype: str, scale: float | None = None, ze
 
 # --- accuracy-aware int8, shared by the targets that can keep layers in float
 
-AWARE_KEYS = ("max_accuracy_drop", "min_cosine", "min_top1_agreement", "min_confident_top1_agreement")
+AWARE_KEYS = BUDGET_KEYS
 
 
 class AwareOptions(BaseModel):
